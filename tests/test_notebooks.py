@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from nbdev.config import get_config
 from nbdev.doclinks import nbglob
-from nbdev.test import test_nb
+import nbdev.test as nbdev_test  # imported as a module: pytest would collect a bare `test_nb`
 
 cfg = get_config()
 NBS = sorted(Path(f).resolve() for f in nbglob(cfg.nbs_path, as_path=True))
@@ -24,5 +24,5 @@ def test_notebooks_found():
 
 @pytest.mark.parametrize('nb', NBS, ids=_id)
 def test_notebook(nb: Path):
-    ok, secs = test_nb(nb, skip_flags=SKIP_FLAGS, force_flags=FORCE_FLAGS, basepath=cfg.config_path)
+    ok, secs = nbdev_test.test_nb(nb, skip_flags=SKIP_FLAGS, force_flags=FORCE_FLAGS, basepath=cfg.config_path)
     assert ok, f'{_id(nb)} failed (traceback above); run it in Jupyter to debug'
