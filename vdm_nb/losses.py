@@ -96,9 +96,13 @@ def reconstruction_loss(k:Tensor, # integer data (B, ...) in {0, ..., V-1}
     _check_process(process); _check_vocab(k, vocab_size); _check_finite('z_0', z_0, 'The latent must be finite.')
     if k.shape != z_0.shape: raise ValueError(f'k {tuple(k.shape)} and z_0 {tuple(z_0.shape)} must have the same shape')
     l = _per_example(logsnr_max, z_0, 'logsnr_max')
+    prec = torch.exp(l)                                      # decoder precision e^lambda_max
+    if not bool(torch.isfinite(prec).all()):
+        raise ValueError(f'logsnr_max={l.max().item():g} overflows exp() in {z_0.dtype}: lower lambda_max (below '
+                         f'{math.log(torch.finfo(z_0.dtype).max):.0f}; 10-20 suffices for 8-bit data) or use float64')
     alpha, _ = alpha_sigma(l, process)
     x_k = encode(torch.arange(vocab_size, device=z_0.device), vocab_size, dtype=z_0.dtype)
-    logits = -0.5*torch.exp(l)[..., None]*((z_0/alpha)[..., None] - x_k)**2
+    logits = -0.5*prec[..., None]*((z_0/alpha)[..., None] - x_k)**2
     logp = torch.log_softmax(logits, -1).gather(-1, k.long()[..., None])[..., 0]
     return -logp.flatten(1).sum(1)
 
