@@ -123,7 +123,12 @@ def per_pixel_probs(train:Tensor, # training images (N, ...) with integer values
     _check_data(train, 'train'); _check_vocab(train, vocab_size)
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
         raise ValueError(f'alpha={alpha!r} must be a finite number > 0 (add-alpha smoothing; 1 is Laplace)')
-    counts = F.one_hot(train.long(), vocab_size).sum(0).double()
+    flat = train.reshape(len(train), -1)
+    D = flat.shape[1]; offs = torch.arange(D, device=flat.device)*vocab_size
+    counts = torch.zeros(D*vocab_size, dtype=torch.float64, device=flat.device)
+    for rows in flat.split(max(1, 2**22//D)):                # counts per (pixel, value), a few MB at a time
+        counts += torch.bincount((rows.long() + offs).flatten(), minlength=D*vocab_size).double()
+    counts = counts.view(*train.shape[1:], vocab_size)
     return (counts + alpha)/(len(train) + alpha*vocab_size)
 
 def per_pixel_bpd(train:Tensor, # training images (N, ...) in {0..V-1}
@@ -135,7 +140,9 @@ def per_pixel_bpd(train:Tensor, # training images (N, ...) in {0..V-1}
     _check_data(test, 'test'); _check_vocab(test, vocab_size)
     if test.shape[1:] != train.shape[1:]: raise ValueError(f'train {tuple(train.shape)} and test {tuple(test.shape)} must have the same image shape')
     logp = per_pixel_probs(train, vocab_size, alpha).log2().to(test.device)
-    return float(-logp.expand(len(test), *logp.shape).gather(-1, test.long()[..., None]).mean())
+    total = sum(float(logp.expand(len(rows), *logp.shape).gather(-1, rows.long()[..., None]).sum())
+                for rows in test.split(max(1, 2**22//logp[..., 0].numel())))   # in chunks: no (M, D, V) tensor
+    return -total/test.numel()
 
 def per_pixel_sample(probs:Tensor, # (..., V) per-pixel probabilities from per_pixel_probs
                      n:int, # number of images
