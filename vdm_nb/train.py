@@ -63,7 +63,7 @@ class TrainConfig:
 
 # %% ../nbs/11_train.ipynb #563eb77f
 PRESETS = {
-    'digits': TrainConfig(),
+    'digits': TrainConfig(schedule='adaptive', pred='v', lr=3e-3, n_steps=4500, minutes=4.25, eval_times=32),
     'fmnist': TrainConfig(data='fmnist', channels=64, n_blocks=8, dropout=0.1, attention=True, fourier_range=(7, 8),
                           norm_groups=32, schedule='learned_linear', logsnr_min=-5.0, logsnr_max=13.3, batch_size=128,
                           lr=5e-4, weight_decay=0.01, warmup_steps=500, ema_decay=0.999, n_steps=50_000,
@@ -277,7 +277,7 @@ def train(preset:str='digits', # a key of PRESETS
            'stopped_by_budget': budget is not None and budget.stopped_at is not None,
            'train_seconds': train_s, 'sec_per_step': train_s/max(steps_run, 1), 'eval_seconds': eval_s,
            'wall_seconds': None, 'cpu_seconds': None, 'n_params': n_params(net), 'device': str(acc.device), 'processes': acc.num_processes,
-           'logsnr_min': float(schedule.logsnr_min), 'logsnr_max': float(schedule.logsnr_max),
+           'logsnr_min': float(torch.as_tensor(schedule.logsnr_min).detach()), 'logsnr_max': float(torch.as_tensor(schedule.logsnr_max).detach()),
            'torch': torch.__version__, 'files': files, 'config': asdict(cfg)}
     save_loss_curve(out/'log.csv', out/'loss.png', ev['bpd'], base, f'{preset}: {learn.step} steps')
     res['wall_seconds'], res['cpu_seconds'] = time.perf_counter() - wall0, time.process_time() - cpu0
