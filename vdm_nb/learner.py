@@ -12,8 +12,10 @@ import torch
 from torch import Tensor, nn
 from fastcore.basics import patch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, gather_object, set_seed
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, gather_object, set_seed
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from .forward import diffuse
 from .losses import VDMLoss, bits_per_dim, encode, prior_loss, reconstruction_loss, sample_t
 
@@ -299,16 +301,25 @@ def _check_data(data, loss:VDMLoss)->Tensor:
 
 def _make_accelerator(mixed_precision:str, grad_accum:int, cpu:bool)->Accelerator:
     "An Accelerator; a single process that no launcher started may switch precision or device between Learners"
+    if not cpu and int(os.environ.get('WORLD_SIZE', '1')) > 1 and not torch.accelerator.is_available():
+        cpu = True        # a launch on a machine without GPUs: accelerate joins the process group only when told cpu=True
     if AcceleratorState._shared_state and not torch.distributed.is_initialized() and int(os.environ.get('WORLD_SIZE', '1')) == 1:
         # accelerate keeps one global state per process and refuses to change it. A notebook or a test suite that
         # builds several Learners may change precision or device between them; in a single un-launched process
         # nothing else depends on that state, so it is reset.
         st = AcceleratorState()
         if st.mixed_precision != mixed_precision or cpu != (st.device.type == 'cpu'): AcceleratorState._reset_state(reset_partial_state=True)
-    try: return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
+    try: acc = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
     except ValueError as err:
         if 'already been initialized' not in str(err): raise
         raise ValueError(f'{err} A launched run has one precision and device for all its Learners.') from None
+    if acc.distributed_type == DistributedType.MULTI_CPU and os.environ.get('ACCELERATE_USE_FSDP', 'false').lower() == 'true':
+        # accelerate turns FSDP on for accelerator backends only, and runs an FSDP launch on CPUs as plain data
+        # parallelism. FSDP2's fully_shard also works on CPUs (gloo), so the launcher's FSDP configuration is applied.
+        plugin = FullyShardedDataParallelPlugin()                        # read from the launcher's environment
+        acc.state.distributed_type, acc.state.fsdp_plugin = DistributedType.FSDP, plugin
+        PartialState._shared_state['distributed_type'] = DistributedType.FSDP   # AcceleratorState() copies it from here
+    return acc
 
 def _net_caller(net, channels_last:bool):
     "model(z, logsnr), with 4-D z in channels_last memory format if asked"
@@ -322,6 +333,52 @@ class _Objective(nn.Module):
         self.net, self.loss, self.channels_last = net, loss, channels_last
     def forward(self, data, t, eps, eps_0=None):
         return loss_terms(self.loss, _net_caller(self.net, self.channels_last), data, t, eps, eps_0)
+
+def _check_strategy(acc:Accelerator, compile:bool)->bool: # True if the weights are sharded (FSDP2)
+    "Refuse the distributed strategies this Learner does not handle, with the fix"
+    dt = acc.distributed_type
+    if dt == DistributedType.FSDP:
+        if getattr(acc.state.fsdp_plugin, 'fsdp_version', 1) != 2:
+            raise ValueError('FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config file (or pass '
+                             '--fsdp_version 2 to accelerate launch); this Learner gathers and shards the DTensors of FSDP2')
+        if compile: raise ValueError('compile=True with FSDP is not supported by this Learner: pass compile=False, or train with DDP')
+        # accelerate launch turns on its rank-0 checkpoint loader (fsdp_cpu_ram_efficient_loading, meant for Transformers
+        # checkpoints) by default; it fails on models with buffers, and the Learner broadcasts process 0's weights itself
+        acc.state.fsdp_plugin.cpu_ram_efficient_loading = False
+        # bf16 as under DDP: float32 weights, gradients reduced in float32, the network under autocast, the loss in float32.
+        # accelerate's bf16 policy would instead gather bf16 weights and cast every input of the root, t and eps included.
+        acc.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy()
+        return True
+    if dt in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise ValueError(f'{dt} is not supported by this Learner: use FSDP (fsdp_version: 2) to shard the weights, or DDP '
+                         '(accelerate launch --multi_gpu, or torchrun)')
+    return False
+
+def _local(p:Tensor)->Tensor: return p.to_local() if isinstance(p, DTensor) else p
+
+def _class_name(m:nn.Module)->str:
+    "The model's own class name (fully_shard swaps the class of a module for a subclass named FSDP<name>)"
+    return next(c for c in type(m).__mro__ if not issubclass(c, FSDPModule)).__name__
+
+def _full(v:Tensor)->Tensor:
+    "The whole tensor of a DTensor (a collective: every process calls it); other tensors as they are"
+    return v.full_tensor() if isinstance(v, DTensor) else v
+
+def _gather_local(local:Tensor, like:Tensor)->Tensor:
+    "The whole tensor whose shard on this process is `local`, sharded like the DTensor `like` (collective)"
+    if not isinstance(like, DTensor): return local
+    return DTensor.from_local(local, like.device_mesh, like.placements, shape=like.shape, stride=like.stride()).full_tensor()
+
+def _shard_like(full:Tensor, like:Tensor)->Tensor:
+    "`full` cut the way `like` is (a DTensor made from this process's slice, no communication); other tensors unchanged"
+    if not isinstance(like, DTensor): return full
+    return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
+
+def _broadcast_module(m:nn.Module, n_processes:int)->None:
+    "Copy process 0's parameters and buffers to every process"
+    if n_processes > 1:
+        with torch.no_grad():
+            for v in m.state_dict().values(): torch.distributed.broadcast(v, 0)
 
 class Learner:
     "Train a model(z, logsnr) on a VDMLoss: deterministic global batches, AdamW, warm-up, clipping, EMA, checkpoints"
@@ -346,6 +403,7 @@ class Learner:
                  log_every:int=50, # steps between `after_log` events
                  deterministic:bool=False, # torch.use_deterministic_algorithms(True) (process-wide)
                  cpu:bool=False, # force the CPU even when a GPU is present
+                 accelerator:Accelerator|None=None, # a ready Accelerator (e.g. with plugins); default: built from mixed_precision, grad_accum, cpu
                 ):
         if not isinstance(model, nn.Module): raise TypeError(f'model must be an nn.Module, got {type(model).__name__}')
         if not isinstance(loss, VDMLoss): raise TypeError(f'loss must be a vdm_nb.losses.VDMLoss, got {type(loss).__name__}')
@@ -364,10 +422,13 @@ class Learner:
         if mixed_precision not in ('no', 'bf16'): raise ValueError(f"mixed_precision={mixed_precision!r} is unknown: use 'no' or 'bf16'")
         if channels_last and self.data.ndim != 4: raise ValueError(f'channels_last=True needs 4-D image data (N, C, H, W), got {self.data.ndim}-D: pass channels_last=False')
         if deterministic and not cpu: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-        self.accelerator = acc = _make_accelerator(mixed_precision, grad_accum, cpu)
-        if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-            raise ValueError(f'{acc.distributed_type} shards the weights, but the EMA and the checkpoints of this Learner need full weights '
-                             'on every process: launch with plain data parallelism (accelerate launch --multi_gpu, or torchrun)')
+        if accelerator is None: accelerator = _make_accelerator(mixed_precision, grad_accum, cpu)
+        elif not isinstance(accelerator, Accelerator): raise TypeError(f'accelerator must be an accelerate.Accelerator, got {type(accelerator).__name__}')
+        elif accelerator.mixed_precision != mixed_precision:
+            raise ValueError(f'the accelerator has mixed_precision={accelerator.mixed_precision!r} but the Learner was given {mixed_precision!r}: '
+                             'pass the same value to both')
+        self.accelerator = acc = accelerator
+        self._sharded = _check_strategy(acc, compile)
         P = acc.num_processes
         if batch_size % (P*grad_accum):
             m = P*grad_accum
@@ -387,11 +448,24 @@ class Learner:
         if not groups: raise ValueError('model and loss have no trainable parameters')
         opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
         objective = _Objective(torch.compile(model) if compile else model, loss, channels_last)
+        self._replicated = []                                            # parameters whose gradients the Learner averages itself
+        if self._sharded:
+            plugin = acc.state.fsdp_plugin
+            if plugin.ignored_modules is not None and not getattr(plugin, '_set_by_learner', False):
+                raise ValueError('the FSDP configuration sets ignored_modules, which this Learner sets itself (to the loss, whose '
+                                 "schedule parameters stay whole on every process): remove fsdp_ignored_modules from the config")
+            plugin.ignored_modules = [loss]          # a learned schedule's parameters are scalars, which fully_shard refuses
+            plugin._set_by_learner = True            # (the plugin is shared by the Learners of a process)
+            self._replicated = [p for p in loss.parameters() if p.requires_grad]
+            _broadcast_module(objective.to(acc.device), acc.num_processes)    # DDP does this in prepare; fully_shard does not
+            self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()   # full weights, before sharding
         self.objective, self.opt = acc.prepare(objective, opt)
         self.params = [p for p in objective.parameters() if p.requires_grad]    # model order, then the loss's
         w = warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1., (s + 1)/w) if w else 1.)
-        self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()  # after prepare: every process has rank 0's weights
+        if self._sharded: self._ema_local = [_local(p).detach().clone() for p in model.parameters()]   # this process's shards
+        else: self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()  # after prepare: every process has rank 0's weights
+        self._ema_at = 0                                                 # step at which ema_model was last made current
         s = loss.schedule
         self._adaptive = loss.adapt and not loss.n_steps and callable(getattr(s, 'update', None))
         self.cbs = list(cbs)
@@ -401,7 +475,7 @@ class Learner:
         self.record, self.last_eval, self._logged = None, None, 0
 
     def __repr__(self):
-        return (f'Learner({type(self.model).__name__}, step={self.step}, batch_size={self.batch_size}, '
+        return (f'Learner({_class_name(self.model)}, step={self.step}, batch_size={self.batch_size}, '
                 f'processes={self.accelerator.num_processes}, device={self.accelerator.device}, precision={self.mixed_precision!r})')
 
     @property
@@ -444,8 +518,11 @@ def _one_step(self:Learner)->None:
             acc.backward(self.loss)
             self.callback('after_backward')
             if acc.sync_gradients:
+                if self._replicated and acc.num_processes > 1:          # FSDP leaves these to us: average as DDP would
+                    for p in self._replicated:
+                        if p.grad is not None: torch.distributed.all_reduce(p.grad); p.grad.div_(acc.num_processes)
                 norm = acc.clip_grad_norm_(self.params, self.grad_clip or math.inf)
-                self.grad_norm = float(norm)
+                self.grad_norm = float(_full(norm))
                 if not math.isfinite(self.grad_norm):
                     self.opt.optimizer.zero_grad(set_to_none=True)
                     raise FloatingPointError(f'the gradient norm is {self.grad_norm} at step {k}: no update was made; '
@@ -459,7 +536,10 @@ def _one_step(self:Learner)->None:
             pdf = -1/s.dlogsnr_dt(t).to(self.dtype)          # as in VDMLoss: update with w ||eps - eps_hat||^2 / 2
             s.update(logsnr, diffusion*pdf)
     self.sched.step()
-    ema_update(self.ema_model, self.model, ema_decay_at(k, self.ema_decay))
+    d = ema_decay_at(k, self.ema_decay)
+    if self._sharded:                                        # each process averages its own shards
+        with torch.no_grad(): torch._foreach_lerp_(self._ema_local, [_local(p).detach() for p in self.model.parameters()], 1 - d)
+    else: ema_update(self.ema_model, self.model, d); self._ema_at = k + 1
     self.step = k + 1
     for key, v in zip(self.history, (k + 1, total.mean().item(), lr, self.grad_norm, time.perf_counter() - start)):
         self.history[key].append(v)
@@ -508,6 +588,17 @@ def _steps(self:Learner)->None:
         if self.step == k:                                       # cancelled: drop its gradients, keep the numbering
             self.opt.optimizer.zero_grad(set_to_none=True); self.sched.step(); self.step = k + 1
         if self.step % self.log_every == 0 or self.step == self.n_steps: self._log()
+    self.sync_ema()                                              # ema_model is current when fit returns
+
+@patch
+def sync_ema(self:Learner)->nn.Module: # the EMA model, with the current EMA weights
+    "Make `ema_model` current: gathers the EMA's shards in a sharded (FSDP) run, so every process must call it"
+    if self._sharded and self._ema_at != self.step:
+        with torch.no_grad():
+            for pe, p, e in zip(self.ema_model.parameters(), self.model.parameters(), self._ema_local): pe.copy_(_gather_local(e, p))
+            for be, b in zip(self.ema_model.buffers(), self.model.buffers()): be.copy_(_full(b))
+    self._ema_at = self.step
+    return self.ema_model
 
 # %% ../nbs/09_learner.ipynb #c1da380b
 _FORMAT = 'vdm_nb.learner/1'
@@ -530,6 +621,15 @@ def _set_rng_state(st:dict)->None:
 
 def _shapes(m:nn.Module)->dict: return {k: (tuple(v.shape), str(v.dtype)) for k, v in m.state_dict().items()}
 
+def _full_state(m:nn.Module)->dict:
+    "state_dict with whole tensors (FSDP's DTensors gathered: every process calls it)"
+    return {k: _full(v) for k, v in m.state_dict().items()}
+
+def _load_full(m:nn.Module, sd:dict)->None:
+    "load_state_dict from whole tensors, each cut to this process's shard where `m` is sharded"
+    own = m.state_dict()
+    m.load_state_dict({k: _shard_like(v, own[k]) if k in own else v for k, v in sd.items()})
+
 class _UnreadableCheckpoint(ValueError): "A checkpoint file that cannot be read (truncated, not a checkpoint)"
 
 @patch
@@ -537,7 +637,7 @@ def fingerprint(self:Learner)->dict: # configuration items that a checkpoint mus
     "What a resumed run must share with the run that wrote the checkpoint"
     loss, s = self.loss_func, self.loss_func.schedule
     learned = any(True for _ in s.parameters())                      # a learned schedule's repr shows its current values
-    return {'model': type(self.model).__name__, 'model_state': _shapes(self.model),
+    return {'model': _class_name(self.model), 'model_state': _shapes(self.model),
             'loss': f'{type(loss).__name__}({loss.extra_repr()}, sigma_data={loss.sigma_data})',
             'schedule': type(s).__name__ + ('' if learned else f'({s.extra_repr()})'), 'loss_state': _shapes(loss),
             'data': (tuple(self.data.shape), str(self.data.dtype)), 'batch_size': self.batch_size, 'seed': self.seed,
@@ -552,11 +652,14 @@ def save_checkpoint(self:Learner,
     path = Path(path) if path is not None else self.out_dir/'latest.pt'
     acc = self.accelerator
     rngs = gather_object([_rng_state()]) if acc.num_processes > 1 else [_rng_state()]
+    # whole tensors in every case (FSDP's shards are gathered: collectives, hence before the main-process test)
+    model, loss, ema = _full_state(self.model), _full_state(self.loss_func), self.sync_ema().state_dict()
+    opt = self.opt.state_dict()
+    opt = {**opt, 'state': {i: {k: _full(v) for k, v in s.items()} for i, s in opt['state'].items()}}
     if acc.is_main_process:
         epoch, pos = batch_position(self.step, len(self.data), self.batch_size)
         state = {'format': _FORMAT, 'fingerprint': self.fingerprint(), 'step': self.step, 'epoch': epoch, 'position': pos,
-                 'model': self.model.state_dict(), 'ema': self.ema_model.state_dict(), 'loss': self.loss_func.state_dict(),
-                 'optimizer': self.opt.state_dict(), 'scheduler': self.sched.state_dict(),
+                 'model': model, 'ema': ema, 'loss': loss, 'optimizer': opt, 'scheduler': self.sched.state_dict(),
                  'num_processes': acc.num_processes, 'rng': rngs}
         atomic_save(state, path, previous=path.with_name('previous.pt') if path.name == 'latest.pt' else None)
     acc.wait_for_everyone()
@@ -584,16 +687,20 @@ def load_checkpoint(self:Learner,
         else: diffs.append(f'{key}: checkpoint {a!r}, this run {b!r}')
     if diffs: raise ValueError(f'{path} was written by another configuration; ' + '; '.join(diffs) +
                                '. Resume with the same settings, or train into a new out_dir.')
-    self.model.load_state_dict(ck['model']); self.ema_model.load_state_dict(ck['ema'])
-    self.loss_func.load_state_dict(ck['loss'])
-    self.opt.load_state_dict(ck['optimizer']); self.sched.load_state_dict(ck['scheduler'])
+    _load_full(self.model, ck['model']); _load_full(self.loss_func, ck['loss']); self.ema_model.load_state_dict(ck['ema'])
+    if self._sharded:                                                     # this process's shards of the EMA
+        for e, pe, p in zip(self._ema_local, self.ema_model.parameters(), self.model.parameters()): e.copy_(_local(_shard_like(pe, p)))
+    params = [p for g in self.opt.param_groups for p in g['params']]     # the numbering of the optimiser's state dict
+    opt = ck['optimizer']
+    opt = {**opt, 'state': {i: {k: _shard_like(v, params[int(i)]) if v.ndim else v for k, v in s.items()} for i, s in opt['state'].items()}}
+    self.opt.load_state_dict(opt); self.sched.load_state_dict(ck['scheduler'])
     acc = self.accelerator
     if ck['num_processes'] == acc.num_processes: _set_rng_state(ck['rng'][acc.process_index])
     else:
         warnings.warn(f"{path} was written by {ck['num_processes']} process(es), this run has {acc.num_processes}: batches and noise "
                       'are unchanged, but the global generators (dropout) restart from (seed, step, rank)')
         set_seed(mix_seed(self.seed, 'rng', ck['step'], acc.process_index) % 2**32)
-    self.step = self.saved_step = ck['step']
+    self.step = self.saved_step = self._ema_at = ck['step']
     self._logged = len(self.history['step'])
     return self
 
@@ -618,7 +725,13 @@ def resume(self:Learner,
 def eval_mode(self:Learner, ema:bool=True, # the EMA weights (True) or the trained weights
              ):
     "Yield the EMA (or raw) model in eval mode under no_grad; the raw model's mode is restored after"
-    m = self.ema_model if ema else self.model
+    if not self._sharded: m = self.ema_model if ema else self.model
+    elif ema:
+        if self._ema_at != self.step: raise RuntimeError(f'the sharded EMA weights were last gathered at step {self._ema_at}, the run is at '
+                                                         f'step {self.step}: call learn.sync_ema() on every process first')
+        m = self.ema_model
+    else:                                                # FSDP: the trained weights gathered into a plain copy (collective)
+        m = copy.deepcopy(self.ema_model); m.load_state_dict(_full_state(self.model))
     was = m.training
     m.eval()
     try:
@@ -712,6 +825,7 @@ class SampleCB(Callback):
         if learn.out_dir is None: raise ValueError('SampleCB writes to Learner(out_dir=...): pass an out_dir')
     def _sample(self, learn):
         self._done = learn.step
+        learn.sync_ema()                                                  # on every process (FSDP gathers)
         if not learn.accelerator.is_main_process: return
         g = torch.Generator(device=learn.accelerator.device).manual_seed(self.seed)
         with learn.eval_mode(ema=True) as m: self.last = self.sample_fn(m, g)
@@ -736,6 +850,7 @@ class EvalCB(Callback):
         if not hasattr(learn, 'evals'): learn.evals = []
     def _eval(self, learn):
         self._done = learn.step
+        learn.sync_ema()                                                  # on every process (FSDP gathers)
         if self.main_only and not learn.accelerator.is_main_process: return
         res = self.eval_fn(learn)
         if not isinstance(res, dict): raise TypeError(f'eval_fn must return a dict of numbers, got {type(res).__name__}')

@@ -239,6 +239,7 @@ def train(preset:str='digits', # a key of PRESETS
     tr = get_data(cfg.data, 'train', cfg.data_root, cfg.data_seed)
     te = get_data(cfg.data, 'test', cfg.data_root, cfg.data_seed)
     V = tr.vocab_size
+    torch.manual_seed(cfg.seed)                                         # the initialisation, the same in every process
     net, schedule = make_model(cfg, tr.x.shape[1]), make_schedule(cfg)
     loss = VDMLoss(schedule, pred=cfg.pred, vocab_size=V, variance_min=cfg.variance_min)
     budget = TimeBudgetCB(cfg.minutes) if cfg.minutes is not None else None
