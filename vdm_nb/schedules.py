@@ -417,21 +417,21 @@ class LearnedLinearSchedule(Schedule):
         super().__init__()
         lo, hi = _check_range(logsnr_min, logsnr_max)
         if hi - lo <= self.min_gap: raise ValueError(f"need logsnr_max - logsnr_min > {self.min_gap}, got {hi - lo}")
-        b, w_raw = torch.tensor(-hi), torch.tensor(_inv_softplus(hi - lo - self.min_gap))
+        b, w_raw = torch.tensor([-hi]), torch.tensor([_inv_softplus(hi - lo - self.min_gap)])   # 1-element vectors, see below
         if learn_endpoints: self.b, self.w_raw = nn.Parameter(b), nn.Parameter(w_raw)
         else: self.register_buffer('b', b); self.register_buffer('w_raw', w_raw)
         self.learn_endpoints = learn_endpoints
     @property
     def logsnr_max(self):
         "lambda(0) = -b"
-        return -self.b
+        return -self.b[0]
     @property
     def logsnr_min(self):
         "lambda(1) = -(b + w)"
-        return -(self.b + self.min_gap + F.softplus(self.w_raw))
+        return -(self.b[0] + self.min_gap + F.softplus(self.w_raw[0]))
     def extra_repr(self):
         return f"logsnr_min={self.logsnr_min.detach().item():.6g}, logsnr_max={self.logsnr_max.detach().item():.6g}, learn_endpoints={self.learn_endpoints}"
-    def _bw(self, x): return self.b.to(x.dtype), (self.min_gap + F.softplus(self.w_raw)).to(x.dtype)
+    def _bw(self, x): return self.b[0].to(x.dtype), (self.min_gap + F.softplus(self.w_raw[0])).to(x.dtype)
     def _logsnr(self, t):
         b, w = self._bw(t); return -(b + w * t)
     def _dlogsnr_dt(self, t): return -self._bw(t)[1].expand_as(t)
@@ -453,31 +453,31 @@ class LearnedMonotoneSchedule(Schedule):
         if int(n_features) != n_features or n_features < 1: raise ValueError(f"n_features must be a positive integer, got {n_features}")
         self.n_features, self.learn_endpoints = int(n_features), learn_endpoints
         inv = lambda w: torch.log(torch.expm1(w))                               # inverse softplus
-        self.l1_raw = nn.Parameter(torch.tensor(_inv_softplus(hi - lo - self.min_gap)))   # VDM: l1 kernel = gamma_max - gamma_min
+        self.l1_raw = nn.Parameter(torch.tensor([_inv_softplus(hi - lo - self.min_gap)]))   # VDM: l1 kernel = gamma_max - gamma_min
         self.l2_raw = nn.Parameter(inv(torch.randn(self.n_features).abs() + 1e-3))  # VDM: |N(0, 1)| kernels
         self.l2_bias = nn.Parameter(torch.zeros(self.n_features))
         self.l3_raw = nn.Parameter(inv(torch.randn(self.n_features).abs() + 1e-3))
-        g0, gap = torch.tensor(-hi), torch.tensor(_inv_softplus(hi - lo - self.min_gap))
+        g0, gap = torch.tensor([-hi]), torch.tensor([_inv_softplus(hi - lo - self.min_gap)])
         if learn_endpoints: self.gamma_min, self.gap_raw = nn.Parameter(g0), nn.Parameter(gap)
         else: self.register_buffer('gamma_min', g0); self.register_buffer('gap_raw', gap)
     @property
     def gamma_max(self):
         "gamma(1) = gamma_min + min_gap + softplus(gap_raw) > gamma_min"
-        return self.gamma_min + self._gap()
+        return self.gamma_min[0] + self._gap()
     @property
     def logsnr_max(self):
         "lambda(0) = -gamma_min"
-        return -self.gamma_min
+        return -self.gamma_min[0]
     @property
     def logsnr_min(self):
         "lambda(1) = -gamma_max"
         return -self.gamma_max
     def extra_repr(self): return (f"logsnr_min={self.logsnr_min.detach().item():.6g}, logsnr_max={self.logsnr_max.detach().item():.6g}, "
                                   f"n_features={self.n_features}, learn_endpoints={self.learn_endpoints}")
-    def _gap(self): return self.min_gap + F.softplus(self.gap_raw)
+    def _gap(self): return self.min_gap + F.softplus(self.gap_raw[0])
     def _net(self, t):
         "Unnormalised network gamma~(t) and its derivative d gamma~/dt"
-        w1, w2, w3 = (F.softplus(p).to(t.dtype) for p in (self.l1_raw, self.l2_raw, self.l3_raw))
+        w1, w2, w3 = (F.softplus(p).to(t.dtype) for p in (self.l1_raw[0], self.l2_raw, self.l3_raw))
         w1 = w1 + self.min_gap
         x = t.reshape(-1, 1)
         phi = torch.tanh((w2 * (2 * x - 1) + self.l2_bias.to(t.dtype)) / 2)    # = 2 sigmoid(h) - 1
@@ -487,7 +487,7 @@ class LearnedMonotoneSchedule(Schedule):
     def _scale(self, t):
         "(gamma_min, gamma_max - gamma_min, gamma~(0), gamma~(1)) in t's dtype"
         g, _ = self._net(torch.tensor([0., 1.], dtype=t.dtype, device=t.device))
-        return self.gamma_min.to(t.dtype), self._gap().to(t.dtype), g[0], g[1]
+        return self.gamma_min[0].to(t.dtype), self._gap().to(t.dtype), g[0], g[1]
     def _logsnr(self, t):
         gmin, gap, g0, g1 = self._scale(t)
         return -(gmin + gap * (self._net(t)[0] - g0) / (g1 - g0))
