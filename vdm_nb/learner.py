@@ -300,9 +300,14 @@ def _check_data(data, loss:VDMLoss)->Tensor:
             raise ValueError(f'data values span [{lo}, {hi}] but vocab_size={loss.vocab_size} allows 0..{loss.vocab_size - 1}: fix vocab_size')
     return data
 
+_FSDP1 = ('FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config file (or pass --fsdp_version 2 to '
+          'accelerate launch); this Learner gathers and shards the DTensors of FSDP2')
+
 def _make_accelerator(mixed_precision:str, grad_accum:int, cpu:bool)->Accelerator:
     "An Accelerator; a single process that no launcher started may switch precision or device between Learners"
     deepspeed = os.environ.get('ACCELERATE_USE_DEEPSPEED', 'false').lower() == 'true'
+    if os.environ.get('ACCELERATE_USE_FSDP', 'false').lower() == 'true' and os.environ.get('FSDP_VERSION', '1') != '2':
+        raise ValueError(_FSDP1)                                   # before accelerate, which cannot build FSDP1 on CPUs
     no_gpu = not torch.accelerator.is_available()
     handlers = []
     if deepspeed:
@@ -348,9 +353,7 @@ def _check_strategy(acc:Accelerator, compile:bool)->str|None: # 'fsdp', 'deepspe
     "Refuse the distributed strategies and settings this Learner does not handle, with the fix"
     dt = acc.distributed_type
     if dt == DistributedType.FSDP:
-        if getattr(acc.state.fsdp_plugin, 'fsdp_version', 1) != 2:
-            raise ValueError('FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config file (or pass '
-                             '--fsdp_version 2 to accelerate launch); this Learner gathers and shards the DTensors of FSDP2')
+        if getattr(acc.state.fsdp_plugin, 'fsdp_version', 1) != 2: raise ValueError(_FSDP1)
         if compile: raise ValueError('compile=True with FSDP is not supported by this Learner: pass compile=False, or train with DDP')
         # accelerate launch turns on its rank-0 checkpoint loader (fsdp_cpu_ram_efficient_loading, meant for Transformers
         # checkpoints) by default; it fails on models with buffers, and the Learner broadcasts process 0's weights itself
