@@ -312,8 +312,7 @@ def _make_accelerator(mixed_precision:str, grad_accum:int, cpu:bool)->Accelerato
     handlers = []
     if deepspeed:
         if importlib.util.find_spec('transformers') is None:
-            raise ImportError("accelerate's DeepSpeed integration imports transformers: pip install deepspeed transformers "
-                              '(or pip install "vdm_nb[deepspeed]")')
+            raise ImportError("accelerate's DeepSpeed integration imports transformers: pip install deepspeed transformers")
         if cpu and not no_gpu: raise ValueError('cpu=True under a DeepSpeed launch would train without DeepSpeed: pass cpu=False')
         if no_gpu: cpu, handlers = False, [InitProcessGroupKwargs(backend='gloo')]   # DeepSpeed on CPUs: accelerate needs the backend named
     elif not cpu and int(os.environ.get('WORLD_SIZE', '1')) > 1 and no_gpu:
@@ -479,7 +478,7 @@ class Learner:
                              f'use a batch_size that is a multiple of {m} (e.g. {max(m, batch_size//m*m)}) or change grad_accum')
         self._zero_stage = (_configure_deepspeed(acc, batch_size//(P*grad_accum), grad_accum, grad_clip)
                             if self._mode == 'deepspeed' else None)
-        self._sharded = self._mode == 'fsdp' or self._zero_stage == 3     # each process holds a slice of every weight
+        self._sharded = self._mode == 'fsdp'                             # each process holds a slice of every weight
         set_seed(seed, device_specific=True, deterministic=deterministic)
         self.model, self.loss_func, self.batch_size, self.grad_accum = model, loss, batch_size, grad_accum
         self.lr, self.weight_decay, self.betas, self.warmup_steps = float(lr), float(weight_decay), tuple(betas), warmup_steps
@@ -503,8 +502,7 @@ class Learner:
             plugin.ignored_modules = [loss]          # a learned schedule's parameters are scalars, which fully_shard refuses
             plugin._set_by_learner = True            # (the plugin is shared by the Learners of a process)
             self._replicated = [p for p in loss.parameters() if p.requires_grad]
-        if self._mode is not None:             # DDP does this in prepare; fully_shard and ZeRO-3's partitioning do not
-            _broadcast_module(objective.to(acc.device), acc.num_processes)
+            _broadcast_module(objective.to(acc.device), acc.num_processes)    # DDP and DeepSpeed do this in prepare, fully_shard not
         if self._sharded: self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()   # full weights, before sharding
         self.objective, self.opt = acc.prepare(objective, opt)
         self.params = [p for p in objective.parameters() if p.requires_grad]    # model order, then the loss's
