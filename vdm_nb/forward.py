@@ -8,9 +8,10 @@ import math
 import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
+from .core import check_choice, check_float
 
 # %% auto #0
-__all__ = ['PROCESSES', 'PARAMETERISATIONS', 'append_dims', 'log_alpha_sigma', 'alpha_sigma', 'diffuse', 'transition',
+__all__ = ['PROCESSES', 'PARAMETERISATIONS', 'PREDS', 'append_dims', 'log_alpha_sigma', 'alpha_sigma', 'diffuse', 'transition',
            'posterior', 'to_x', 'to_eps', 'target', 'convert']
 
 # %% ../nbs/01_forward.ipynb #56758107
@@ -25,8 +26,7 @@ def append_dims(a:Tensor, # per-example values, e.g. shape (B,)
 # %% ../nbs/01_forward.ipynb #ebc23c31
 PROCESSES = ('vp', 've')
 
-def _check_process(process):
-    if process not in PROCESSES: raise ValueError(f"process must be one of {PROCESSES}, got {process!r}")
+def _check_process(process): check_choice(process, 'process', PROCESSES)
 
 def _as_logsnr(logsnr, like:Tensor|None=None)->Tensor:
     "`logsnr` as a floating tensor; numbers take the dtype and device of `like` when given"
@@ -118,15 +118,15 @@ def posterior(z_t:Tensor, # latent at the noisier time t, shape (B, ...)
     return append_dims(coef_z, n)*z_t + append_dims(coef_x, n)*x, append_dims(c*torch.exp(2*ls_s), n)
 
 # %% ../nbs/01_forward.ipynb #9aece040
-PARAMETERISATIONS = ('eps', 'x', 'v', 'score', 'F')
+PARAMETERISATIONS = ('eps', 'x', 'v', 'score', 'F')    # everything the conversions below translate between
+PREDS = ('eps', 'x', 'v', 'F')                          # what a network may predict (the score is derived, not trained)
 
-def _check_kind(kind, name='kind'):
-    if kind not in PARAMETERISATIONS: raise ValueError(f"{name} must be one of {PARAMETERISATIONS}, got {kind!r}")
+def _check_kind(kind, name='kind'): check_choice(kind, name, PARAMETERISATIONS)
 
 def _prep(pred:Tensor, z:Tensor, logsnr, process, sigma_data, names=('pred', 'z'))->Tensor:
     "Validate the common arguments of the conversions; return logsnr as a tensor"
     _check_process(process)
-    if not sigma_data > 0: raise ValueError(f"sigma_data must be positive, got {sigma_data!r}")
+    check_float(sigma_data, 'sigma_data', 0, low_open=True, fix='EDM uses 0.5')
     if pred.shape != z.shape: raise ValueError(f"{names[0]} has shape {tuple(pred.shape)} but {names[1]} has {tuple(z.shape)}: they must match")
     logsnr = _as_logsnr(logsnr, z)
     _check_batch(logsnr, z)

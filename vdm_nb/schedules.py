@@ -8,11 +8,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
+from fastcore.basics import patch
+from .core import check_choice, check_float, check_int, check_logsnr_range
 
 # %% auto #0
-__all__ = ['Schedule', 'LinearSchedule', 'CosineSchedule', 'ShiftedCosineSchedule', 'InterpolatedCosineSchedule',
+__all__ = ['SCHEDULES', 'Schedule', 'LinearSchedule', 'CosineSchedule', 'ShiftedCosineSchedule', 'InterpolatedCosineSchedule',
            'EDMTrainingSchedule', 'EDMSamplingSchedule', 'FlowMatchingSchedule', 'PiecewiseLinearSchedule',
-           'ddpm_betas', 'DDPMSchedule', 'LearnedLinearSchedule', 'LearnedMonotoneSchedule', 'AdaptiveSchedule']
+           'ddpm_betas', 'DDPMSchedule', 'LearnedLinearSchedule', 'LearnedMonotoneSchedule', 'AdaptiveSchedule',
+           'get_schedule']
 
 # %% ../nbs/02_schedules.ipynb #88cc6c49
 def _as_float(x) -> Tensor:
@@ -20,26 +23,20 @@ def _as_float(x) -> Tensor:
     x = torch.as_tensor(x)
     return x if x.is_floating_point() else x.to(torch.get_default_dtype())
 
-def _check_t(t) -> Tensor:
-    "`t` as a floating tensor; ValueError unless every entry lies in [0, 1]"
+def _check_t(t, check:bool=True) -> Tensor:
+    "`t` as a floating tensor; with `check`, a ValueError unless every entry lies in [0, 1] (a host sync)"
     t = _as_float(t)
+    if not check: return t
     bad = ~((t >= 0) & (t <= 1))                                   # also catches NaN
     if bad.any():
         raise ValueError(f"t must lie in [0, 1] and not be NaN, got {t[bad].flatten()[:4].tolist()}; clamp or rescale t")
     return t
 
-def _check_range(logsnr_min, logsnr_max) -> tuple[float, float]:
-    "The endpoints as floats; ValueError unless finite with logsnr_min < logsnr_max"
-    lo, hi = float(logsnr_min), float(logsnr_max)
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"need finite logsnr_min < logsnr_max, got logsnr_min={lo}, logsnr_max={hi}; swap or fix them")
-    return lo, hi
-
 class Schedule(nn.Module):
     "Base class: a strictly decreasing log-SNR schedule lambda(t) on t in [0, 1] with finite endpoints"
     # A subclass implements `_logsnr(t)` and sets `_lmin`, `_lmax` (or overrides the endpoint properties).
     # `_t_of_logsnr`, `_dlogsnr_dt`, `_pdf` default to bisection, autograd and -1/lambda'(t(lambda));
-    # subclasses override them with closed forms. The public methods validate, then call these.
+    # subclasses override them with closed forms. The public methods validate (unless check=False), then call these.
     @property
     def logsnr_min(self):
         "lambda(1), the noisy end"
@@ -50,9 +47,10 @@ class Schedule(nn.Module):
         return self._lmax
 
     def logsnr(self, t:Tensor, # times in [0, 1], any shape
+               check:bool=True, # validate t (one host sync); the training step passes False
               )->Tensor: # lambda(t), same shape and dtype
         "Log-SNR lambda(t) = log(alpha_t^2 / sigma_t^2), strictly decreasing in t"
-        return self._logsnr(_check_t(t))
+        return self._logsnr(_check_t(t, check))
 
     def forward(self, t:Tensor, # times in [0, 1]
                )->Tensor: # lambda(t)
@@ -65,64 +63,74 @@ class Schedule(nn.Module):
         return -self.logsnr(t)
 
     def dlogsnr_dt(self, t:Tensor, # times in [0, 1]
+                   check:bool=True, # validate t (one host sync); the training step passes False
                   )->Tensor: # d lambda / dt (negative), same shape and dtype
         "Time derivative of the log-SNR"
-        return self._dlogsnr_dt(_check_t(t))
+        return self._dlogsnr_dt(_check_t(t, check))
 
-    def t_of_logsnr(self, logsnr:Tensor, # log-SNRs in [logsnr_min, logsnr_max] (up to rounding)
-                   )->Tensor: # t with lambda(t) = logsnr
-        "Inverse schedule t(lambda)"
-        return self._t_of_logsnr(self._check_logsnr(logsnr))
+# %% ../nbs/02_schedules.ipynb #48f044c0
+@patch
+def t_of_logsnr(self:Schedule, logsnr:Tensor, # log-SNRs in [logsnr_min, logsnr_max] (up to rounding)
+               )->Tensor: # t with lambda(t) = logsnr
+    "Inverse schedule t(lambda)"
+    return self._t_of_logsnr(self._check_logsnr(logsnr))
 
-    def pdf(self, logsnr:Tensor, # log-SNRs, any finite values
-           )->Tensor: # density of lambda(t) for t ~ U(0, 1); 0 outside [logsnr_min, logsnr_max]
-        "Density p(lambda) = -dt/dlambda of the log-SNR when t is uniform"
-        l = _as_float(logsnr)
-        if torch.isnan(l).any(): raise ValueError("logsnr contains NaN; pass finite log-SNR values")
-        lo, hi = self._bounds(l)
-        inside = (l >= lo.detach()) & (l <= hi.detach())
-        p = self._pdf(torch.minimum(torch.maximum(l, lo), hi))
-        return torch.where(inside, p, torch.zeros_like(p))
+@patch
+def pdf(self:Schedule, logsnr:Tensor, # log-SNRs, any finite values
+       )->Tensor: # density of lambda(t) for t ~ U(0, 1); 0 outside [logsnr_min, logsnr_max]
+    "Density p(lambda) = -dt/dlambda of the log-SNR when t is uniform"
+    l = _as_float(logsnr)
+    if torch.isnan(l).any(): raise ValueError("logsnr contains NaN; pass finite log-SNR values")
+    lo, hi = self._bounds(l)
+    inside = (l >= lo.detach()) & (l <= hi.detach())
+    p = self._pdf(torch.minimum(torch.maximum(l, lo), hi))
+    return torch.where(inside, p, torch.zeros_like(p))
 
-    def _bounds(self, like:Tensor)->tuple[Tensor, Tensor]:
-        "Endpoints as tensors of `like`'s dtype and device (learned endpoints keep their gradient)"
-        return tuple(e.to(like) if torch.is_tensor(e) else torch.tensor(e, dtype=like.dtype, device=like.device)
-                     for e in (self.logsnr_min, self.logsnr_max))
+@patch
+def _bounds(self:Schedule, like:Tensor)->tuple[Tensor, Tensor]:
+    "Endpoints as tensors of `like`'s dtype and device (learned endpoints keep their gradient)"
+    return tuple(e.to(like) if torch.is_tensor(e) else torch.tensor(e, dtype=like.dtype, device=like.device)
+                 for e in (self.logsnr_min, self.logsnr_max))
 
-    def _check_logsnr(self, logsnr) -> Tensor:
-        "`logsnr` clamped to the endpoints; ValueError for NaN or for values beyond them by more than rounding"
-        l = _as_float(logsnr)
-        lo, hi = self._bounds(l)
-        tol = 64 * torch.finfo(l.dtype).eps * (1 + max(abs(lo.detach().item()), abs(hi.detach().item())))
-        bad = ~((l >= lo.detach() - tol) & (l <= hi.detach() + tol))
-        if bad.any():
-            raise ValueError(f"logsnr must lie in [logsnr_min, logsnr_max] = [{lo.detach().item():.6g}, {hi.detach().item():.6g}], "
-                             f"got {l[bad].flatten()[:4].tolist()}; clamp it or use a schedule with a wider range")
-        return torch.minimum(torch.maximum(l, lo), hi)
+@patch
+def _check_logsnr(self:Schedule, logsnr) -> Tensor:
+    "`logsnr` clamped to the endpoints; ValueError for NaN or for values beyond them by more than rounding"
+    l = _as_float(logsnr)
+    lo, hi = self._bounds(l)
+    tol = 64 * torch.finfo(l.dtype).eps * (1 + max(abs(lo.detach().item()), abs(hi.detach().item())))
+    bad = ~((l >= lo.detach() - tol) & (l <= hi.detach() + tol))
+    if bad.any():
+        raise ValueError(f"logsnr must lie in [logsnr_min, logsnr_max] = [{lo.detach().item():.6g}, {hi.detach().item():.6g}], "
+                         f"got {l[bad].flatten()[:4].tolist()}; clamp it or use a schedule with a wider range")
+    return torch.minimum(torch.maximum(l, lo), hi)
 
-    def _dlogsnr_dt(self, t:Tensor)->Tensor:
-        "Generic derivative by autograd, with create_graph so that it can be trained through"
-        with torch.enable_grad():
-            x = t if t.requires_grad else t.detach().requires_grad_(True)
-            g, = torch.autograd.grad(self._logsnr(x).sum(), x, create_graph=True)
-        return g
+# %% ../nbs/02_schedules.ipynb #0daa7acd
+@patch
+def _dlogsnr_dt(self:Schedule, t:Tensor)->Tensor:
+    "Generic derivative by autograd, with create_graph so that it can be trained through"
+    with torch.enable_grad():
+        x = t if t.requires_grad else t.detach().requires_grad_(True)
+        g, = torch.autograd.grad(self._logsnr(x).sum(), x, create_graph=True)
+    return g
 
-    def _t_of_logsnr(self, l:Tensor)->Tensor:
-        "Generic inverse: vectorised bisection in float64, then one Newton step that carries the gradient"
-        with torch.no_grad():
-            target = l.detach().double()
-            lo, hi = torch.zeros_like(target), torch.ones_like(target)
-            for _ in range(60):                                  # 2^-60 < float64 eps: the bracket has converged
-                mid = (lo + hi) / 2
-                right = self._logsnr(mid) > target               # lambda decreases: the root lies right of mid
-                lo, hi = torch.where(right, mid, lo), torch.where(right, hi, mid)
-            t = ((lo + hi) / 2).to(l.dtype)
-        # the value barely moves; the gradient becomes the implicit-function one, dt/dlambda = 1/lambda'(t)
-        return (t + (l - self._logsnr(t)) / self._dlogsnr_dt(t)).clamp(0, 1)
+@patch
+def _t_of_logsnr(self:Schedule, l:Tensor)->Tensor:
+    "Generic inverse: vectorised bisection in float64, then one Newton step that carries the gradient"
+    with torch.no_grad():
+        target = l.detach().double()
+        lo, hi = torch.zeros_like(target), torch.ones_like(target)
+        for _ in range(60):                                  # 2^-60 < float64 eps: the bracket has converged
+            mid = (lo + hi) / 2
+            right = self._logsnr(mid) > target               # lambda decreases: the root lies right of mid
+            lo, hi = torch.where(right, mid, lo), torch.where(right, hi, mid)
+        t = ((lo + hi) / 2).to(l.dtype)
+    # the value barely moves; the gradient becomes the implicit-function one, dt/dlambda = 1/lambda'(t)
+    return (t + (l - self._logsnr(t)) / self._dlogsnr_dt(t)).clamp(0, 1)
 
-    def _pdf(self, l:Tensor)->Tensor:
-        "Generic density -1 / lambda'(t(lambda))"
-        return -1 / self._dlogsnr_dt(self._t_of_logsnr(l))
+@patch
+def _pdf(self:Schedule, l:Tensor)->Tensor:
+    "Generic density -1 / lambda'(t(lambda))"
+    return -1 / self._dlogsnr_dt(self._t_of_logsnr(l))
 
 # %% ../nbs/02_schedules.ipynb #ebf16424
 class LinearSchedule(Schedule):
@@ -130,7 +138,7 @@ class LinearSchedule(Schedule):
     def __init__(self, logsnr_min:float=-5.,   # lambda(1) = -gamma_max (VDM: gamma_max = 5)
                  logsnr_max:float=13.3,       # lambda(0) = -gamma_min (VDM: gamma_min = -13.3)
                 ):
-        super().__init__(); self._lmin, self._lmax = _check_range(logsnr_min, logsnr_max)
+        super().__init__(); self._lmin, self._lmax = check_logsnr_range(logsnr_min, logsnr_max)
     def extra_repr(self): return f"logsnr_min={self._lmin:g}, logsnr_max={self._lmax:g}"
     def _logsnr(self, t): return self._lmax * (1 - t) + self._lmin * t     # exact at both ends
     def _t_of_logsnr(self, l): return (self._lmax - l) / (self._lmax - self._lmin)
@@ -155,7 +163,7 @@ class CosineSchedule(Schedule):
         super().__init__(); self._setup(logsnr_min, logsnr_max, 0.)
 
     def _setup(self, logsnr_min, logsnr_max, shift):
-        self._lmin, self._lmax = _check_range(logsnr_min, logsnr_max)
+        self._lmin, self._lmax = check_logsnr_range(logsnr_min, logsnr_max)
         self.shift = float(shift)
         self._a0 = _atan_exp(-(self._lmax - 2 * self.shift) / 2)   # angle a at t = 0
         self._b1 = _atan_exp((self._lmin - 2 * self.shift) / 2)    # angle b = pi/2 - a at t = 1
@@ -208,9 +216,9 @@ class InterpolatedCosineSchedule(Schedule):
         if min(image_size, low, high) <= 0: raise ValueError("image_size and base_sizes must be positive")
         self.image_size, self.base_sizes = image_size, (low, high)
         self.s_low, self.s_high = math.log(low / image_size), math.log(high / image_size)
-        self._lmin, self._lmax = _check_range(-15 + 2 * self.s_low if logsnr_min is None else logsnr_min,
+        self._lmin, self._lmax = check_logsnr_range(-15 + 2 * self.s_low if logsnr_min is None else logsnr_min,
                                               15 + 2 * self.s_high if logsnr_max is None else logsnr_max)
-        cmin, cmax = _check_range(self._lmin - 2 * self.s_low, self._lmax - 2 * self.s_high)   # the cosine's own ends
+        cmin, cmax = check_logsnr_range(self._lmin - 2 * self.s_low, self._lmax - 2 * self.s_high)   # the cosine's own ends
         self._a0, self._b1 = _atan_exp(-cmax / 2), _atan_exp(cmin / 2)
         self._du = math.pi / 2 - self._a0 - self._b1
         if self.s_low - self.s_high >= 2 * self._du:
@@ -241,7 +249,7 @@ class EDMTrainingSchedule(Schedule):
         super().__init__()
         if not p_std > 0: raise ValueError(f"p_std must be positive, got {p_std}")
         self.p_mean, self.p_std = float(p_mean), float(p_std)
-        self._lmin, self._lmax = _check_range(logsnr_min, logsnr_max)
+        self._lmin, self._lmax = check_logsnr_range(logsnr_min, logsnr_max)
         self.mu, self.sd = -2 * self.p_mean, 2 * self.p_std                 # lambda = -2 ln sigma
         zlo, zhi = (self._lmin - self.mu) / self.sd, (self._lmax - self.mu) / self.sd
         self._q0, self._q1 = _ndtr(-zhi), _ndtr(zlo)                        # P(above lambda_max), P(below lambda_min)
@@ -299,7 +307,7 @@ class FlowMatchingSchedule(Schedule):
     def __init__(self, logsnr_min:float=-15., # lambda(1)
                  logsnr_max:float=15.,       # lambda(0)
                 ):
-        super().__init__(); self._lmin, self._lmax = _check_range(logsnr_min, logsnr_max)
+        super().__init__(); self._lmin, self._lmax = check_logsnr_range(logsnr_min, logsnr_max)
         self._u0, self._v1 = _sigmoid(-self._lmax / 2), _sigmoid(self._lmin / 2)   # u at t = 0, 1 - u at t = 1
         self._du = 1 - self._u0 - self._v1
     def extra_repr(self): return f"logsnr_min={self._lmin:g}, logsnr_max={self._lmax:g}"
@@ -415,7 +423,7 @@ class LearnedLinearSchedule(Schedule):
                  learn_endpoints:bool=True,   # False: b and w_raw are fixed buffers
                 ):
         super().__init__()
-        lo, hi = _check_range(logsnr_min, logsnr_max)
+        lo, hi = check_logsnr_range(logsnr_min, logsnr_max)
         if hi - lo <= self.min_gap: raise ValueError(f"need logsnr_max - logsnr_min > {self.min_gap}, got {hi - lo}")
         b, w_raw = torch.tensor([-hi]), torch.tensor([_inv_softplus(hi - lo - self.min_gap)])   # 1-element vectors, see below
         if learn_endpoints: self.b, self.w_raw = nn.Parameter(b), nn.Parameter(w_raw)
@@ -448,7 +456,7 @@ class LearnedMonotoneSchedule(Schedule):
                  learn_endpoints:bool=True,   # False: gamma_min and gamma_max stay fixed
                 ):
         super().__init__()
-        lo, hi = _check_range(logsnr_min, logsnr_max)
+        lo, hi = check_logsnr_range(logsnr_min, logsnr_max)
         if hi - lo <= self.min_gap: raise ValueError(f"need logsnr_max - logsnr_min > {self.min_gap}, got {hi - lo}")
         if int(n_features) != n_features or n_features < 1: raise ValueError(f"n_features must be a positive integer, got {n_features}")
         self.n_features, self.learn_endpoints = int(n_features), learn_endpoints
@@ -504,36 +512,61 @@ class AdaptiveSchedule(PiecewiseLinearSchedule):
                  decay:float=0.99,           # EMA decay per update of a bin
                  floor:float=0.01,           # each bin's mass gets floor * mean(EMA) added
                 ):
-        lo, hi = _check_range(logsnr_min, logsnr_max)
-        if int(n_bins) != n_bins or n_bins < 1: raise ValueError(f"n_bins must be a positive integer, got {n_bins}")
-        if not 0 <= decay < 1: raise ValueError(f"decay must lie in [0, 1), got {decay}")
-        if not floor > 0: raise ValueError(f"floor must be positive, got {floor}")
-        n_bins = int(n_bins)
+        lo, hi = check_logsnr_range(logsnr_min, logsnr_max)
+        n_bins = check_int(n_bins, 'n_bins', 1)
+        decay, floor = check_float(decay, 'decay', 0, 1, high_open=True), check_float(floor, 'floor', 0, low_open=True)
         super().__init__(torch.linspace(0, 1, n_bins + 1, dtype=torch.float64),
                          torch.linspace(hi, lo, n_bins + 1, dtype=torch.float64))
         self.register_buffer('ema', torch.ones(n_bins, dtype=torch.float64))
-        self.n_bins, self.decay, self.floor = n_bins, float(decay), float(floor)
+        self.n_bins, self.decay, self.floor = n_bins, decay, floor
     def extra_repr(self):
         return f"logsnr_min={self.logsnr_min:g}, logsnr_max={self.logsnr_max:g}, n_bins={self.n_bins}, decay={self.decay:g}, floor={self.floor:g}"
 
     def probs(self)->Tensor: # (n_bins,) bin probabilities, lowest lambda first
-        "Probability of each bin: EMA plus floor, normalised"
+        "Probability of each bin: EMA plus floor, normalised (uniform while every EMA is 0)"
         m = self.ema + self.floor * self.ema.mean()
-        return m / m.sum() if m.sum() > 0 else torch.full_like(m, 1 / self.n_bins)
+        total = m.sum()
+        return torch.where(total > 0, m / total.clamp(min=torch.finfo(m.dtype).tiny), torch.full_like(m, 1 / self.n_bins))
 
     @torch.no_grad()
     def update(self, logsnr:Tensor, # (B,) log-SNRs of the examples, in [logsnr_min, logsnr_max]
                loss:Tensor,         # (B,) their weighted losses w(lambda) ||eps_hat - eps||^2 (not divided by p)
+               check:bool=True,     # validate the values (host syncs); the training step passes False
               ):
         "Move each visited bin's EMA towards the mean |loss| of the examples in it, then rebuild the knots"
         l, v = _as_float(logsnr).detach().double().flatten(), _as_float(loss).detach().double().abs().flatten()
         if l.shape != v.shape: raise ValueError(f"logsnr and loss need the same number of elements, got {l.numel()} and {v.numel()}")
-        if not torch.isfinite(v).all(): raise ValueError("loss must be finite")
-        l = self._check_logsnr(l.to(self.ema.device)); v = v.to(self.ema.device)
+        l, v = l.to(self.ema.device), v.to(self.ema.device)
+        if check:
+            if not torch.isfinite(v).all(): raise ValueError("loss must be finite")
+            l = self._check_logsnr(l)
         k = self._segment(l, self.logsnr_knots.flip(0))                          # bin index, lowest lambda first
         s = torch.zeros_like(self.ema).index_add_(0, k, v)
         n = torch.zeros_like(self.ema).index_add_(0, k, torch.ones_like(v))
         self.ema.copy_(torch.where(n > 0, self.decay * self.ema + (1 - self.decay) * s / n.clamp(min=1), self.ema))
         tk = torch.cat([torch.zeros_like(self.t_knots[:1]), torch.cumsum(self.probs().flip(0), 0)])
-        tk[-1] = 1.
-        self.t_knots.copy_(tk)
+        self.t_knots.copy_(torch.cat([tk[:-1], torch.ones_like(tk[-1:])]))         # exactly 1 at the end
+
+# %% ../nbs/02_schedules.ipynb #82f08e00
+SCHEDULES = {'linear': LinearSchedule, 'cosine': CosineSchedule, 'shifted-cosine': ShiftedCosineSchedule,
+             'edm-training': EDMTrainingSchedule, 'edm-sampling': EDMSamplingSchedule,
+             'flow-matching': FlowMatchingSchedule, 'ddpm-linear': DDPMSchedule, 'ddpm-cosine': DDPMSchedule,
+             'learned-linear': LearnedLinearSchedule, 'learned-monotone': LearnedMonotoneSchedule,
+             'adaptive': AdaptiveSchedule}
+
+def get_schedule(name:str, # a key of SCHEDULES
+                 logsnr_min:float|None=None, # lambda(1); None: the schedule's default
+                 logsnr_max:float|None=None, # lambda(0); None: the schedule's default
+                 **options, # other arguments of the schedule's constructor, e.g. shift=-1.39, rho=7., n_bins=100
+                )->Schedule: # a new schedule
+    "A schedule by name, with the given endpoints"
+    check_choice(name, 'schedule', tuple(SCHEDULES))
+    ends = {k: v for k, v in (('logsnr_min', logsnr_min), ('logsnr_max', logsnr_max)) if v is not None}
+    if name.startswith('ddpm-'):
+        if ends: raise ValueError(f"{name} takes its endpoints from its betas: pass logsnr_min=None and logsnr_max=None")
+        return DDPMSchedule(name.split('-')[1], **options)
+    if name == 'edm-sampling':
+        if 'logsnr_max' in ends: options['sigma_min'] = math.exp(-ends['logsnr_max'] / 2)
+        if 'logsnr_min' in ends: options['sigma_max'] = math.exp(-ends['logsnr_min'] / 2)
+        return EDMSamplingSchedule(**options)
+    return SCHEDULES[name](**ends, **options)
