@@ -8,6 +8,7 @@ import gzip, math, numbers, os, struct, sys, zlib
 from pathlib import Path
 import torch
 from torch import Tensor
+from .core import check_choice, check_int
 from .oracle import GaussianOracle, MixtureOracle
 
 # %% auto #0
@@ -16,15 +17,7 @@ __all__ = ['DIGITS_CLASSES', 'FMNIST_CLASSES', 'FMNIST_DEFAULT_ROOT', 'TOY_2D', 
            'toy_2d', 'toy_oracle', 'get_data', 'batches']
 
 # %% ../nbs/07_data.ipynb #1bbfbfb3
-def _check_int(name, v, lo=None, hi=None, hint=''):
-    "Raise a ValueError unless `v` is an int in [lo, hi]"
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or (lo is not None and v < lo) or (hi is not None and v > hi):
-        bounds = ' and '.join(s for s in (f'>= {lo}' if lo is not None else '', f'<= {hi}' if hi is not None else '') if s)
-        raise ValueError(f"{name} must be an int{' ' + bounds if bounds else ''}, got {v!r}{hint}")
-    return int(v)
-
-def _check_split(split, allowed=('train', 'test', 'all')):
-    if split not in allowed: raise ValueError(f"split must be one of {allowed}, got {split!r}")
+def _check_split(split, allowed=('train', 'test', 'all')): check_choice(split, 'split', allowed)
 
 class DataSplit:
     "One split of a dataset: integer images (N, C, H, W) in {0..V-1}, or float vectors (N, D); labels optional"
@@ -42,7 +35,7 @@ class DataSplit:
                 raise ValueError(f"x has dtype {x.dtype} but vocab_size is None: pass vocab_size=V for integer data, or float data")
             if not bool(torch.isfinite(x).all()): raise ValueError("x has NaN or infinite values")
         else:
-            vocab_size = _check_int('vocab_size', vocab_size, 2, hint=' (17 for digits, 256 for 8-bit images)')
+            vocab_size = check_int(vocab_size, 'vocab_size', 2, fix='(17 for digits, 256 for 8-bit images)')
             if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
                 raise ValueError(f"x has dtype {x.dtype} but vocab_size={vocab_size}: pass integers (uint8 or int64) in 0..{vocab_size - 1}")
             lo, hi = int(x.min()), int(x.max())
@@ -83,8 +76,8 @@ def split_indices(n:int, # N, the number of examples
                   seed:int=0, # seed of the permutation, >= 0
                  )->tuple[Tensor,Tensor]: # (train, test) indices, sorted int64: disjoint, together 0..N-1
     "A reproducible random partition of range(N) into train and test indices"
-    n = _check_int('n', n, 2); test_size = _check_int('test_size', test_size, 1, n - 1)
-    seed = _check_int('seed', seed, 0)
+    n = check_int(n, 'n', 2); test_size = check_int(test_size, 'test_size', 1, n - 1)
+    seed = check_int(seed, 'seed', 0)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[test_size:].sort().values, perm[:test_size].sort().values
 
@@ -127,9 +120,9 @@ def show_images(x:Tensor|DataSplit, # images (N, C, H, W) or (N, H, W), C in {1,
     x = torch.as_tensor(x).detach().cpu()
     if x.ndim == 3: x = x[:, None]
     if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f"x has shape {tuple(x.shape)}: pass (N, C, H, W) with C = 1 or 3, or (N, H, W)")
-    if n is not None: x = x[:_check_int('n', n, 1)]
+    if n is not None: x = x[:check_int(n, 'n', 1)]
     if len(x) > 400: raise ValueError(f"{len(x)} images are too many for one figure: pass n=64 or x[:64]")
-    nrow = _check_int('nrow', nrow, 1)
+    nrow = check_int(nrow, 'nrow', 1)
     if labels is not None:
         labels = list(labels.tolist() if isinstance(labels, Tensor) else labels)[:len(x)]
         if len(labels) != len(x): raise ValueError(f"labels has {len(labels)} entries for {len(x)} images")
@@ -248,7 +241,7 @@ def load_torchvision(name:str='mnist', # 'mnist', 'fmnist' or 'cifar10'
                      download:bool=True, # let torchvision download missing files
                     )->DataSplit: # x uint8 (N, C, H, W), vocab_size 256, labels 0..9
     "MNIST, Fashion-MNIST or CIFAR-10 from torchvision (downloaded once) as integer images"
-    if name not in _TORCHVISION: raise ValueError(f"name must be one of {tuple(_TORCHVISION)}, got {name!r}")
+    check_choice(name, 'name', tuple(_TORCHVISION))
     _check_split(split)
     try: from torchvision import datasets
     except ImportError as e:
@@ -269,8 +262,7 @@ _GAUSS_MU, _GAUSS_S = (0.5, -0.5), 0.5
 _CORR_L = ((0.5, 0.0), (0.4, 0.3))                  # Cholesky factor of [[0.25, 0.2], [0.2, 0.25]]
 _RING_K, _RING_R, _RING_S = 8, 1.0, 0.1
 
-def _check_toy(name):
-    if name not in TOY_2D: raise ValueError(f"toy data name must be one of {TOY_2D}, got {name!r}")
+def _check_toy(name): check_choice(name, 'name', TOY_2D)
 
 def toy_2d(name:str, # one of TOY_2D: 'gaussian', 'correlated', 'mixture', 'moons', 'checkerboard', 'swiss_roll'
            n:int, # number of points
@@ -279,7 +271,7 @@ def toy_2d(name:str, # one of TOY_2D: 'gaussian', 'correlated', 'mixture', 'moon
            dtype:torch.dtype=torch.float32, # dtype of x
           )->DataSplit: # x of shape (n, 2), vocab_size None; y: component, moon or square index where there is one
     "Points from a 2-D toy distribution, deterministic for a seed"
-    _check_toy(name); n = _check_int('n', n, 1); seed = _check_int('seed', seed, 0); _check_split(split, ('train', 'test'))
+    _check_toy(name); n = check_int(n, 'n', 1); seed = check_int(seed, 'seed', 0); _check_split(split, ('train', 'test'))
     g = torch.Generator().manual_seed(2*seed + (split == 'test'))
     kw = dict(generator=g, dtype=torch.float64)
     y = None
@@ -334,13 +326,13 @@ def get_data(name:str, # a key of DATASETS
              n:int|None=None, # images: keep the first n; toy sets: number of points (default 10,000)
             )->DataSplit: # the data
     "Load a dataset by name: 'digits', 'fmnist', 'mnist', 'cifar10' or a 2-D toy set"
-    if name not in DATASETS: raise ValueError(f"name must be one of {tuple(DATASETS)}, got {name!r}")
+    check_choice(name, 'name', tuple(DATASETS))
     if name in TOY_2D: return toy_2d(name, 10_000 if n is None else n, seed, split)
     if name == 'digits': d = load_digits(split, seed=seed)
     elif name == 'fmnist': d = load_fashion_mnist(split, root)
     else: d = load_torchvision(name, split, root)
     if n is None: return d
-    n = _check_int('n', n, 1, len(d), f' (the {split} split of {name} has {len(d)} examples)')
+    n = check_int(n, 'n', 1, len(d), fix=f'(the {split} split of {name} has {len(d)} examples)')
     return d.subset(slice(0, n))
 
 # %% ../nbs/07_data.ipynb #e931f4fb
@@ -357,10 +349,10 @@ def batches(data:int|Tensor|DataSplit|tuple, # N (yield indices), a tensor or Da
         if len({len(t) for t in data}) > 1: raise ValueError(f"the tensors in data have different lengths {[len(t) for t in data]}")
         n = len(data[0])
     elif isinstance(data, Tensor): n = len(data)
-    elif isinstance(data, numbers.Integral) and not isinstance(data, bool): n = _check_int('data', data, 1)
+    elif isinstance(data, numbers.Integral) and not isinstance(data, bool): n = check_int(data, 'data', 1)
     else: raise TypeError(f"data must be an int N, a tensor, a DataSplit or a tuple of tensors, got {type(data).__name__}")
-    batch_size = _check_int('batch_size', batch_size, 1, n, f' (there are {n} examples)')
-    seed = _check_int('seed', seed, 0, 2**31 - 1); epoch = _check_int('epoch', epoch, 0, 2**32 - 1)
+    batch_size = check_int(batch_size, 'batch_size', 1, n, fix=f'(there are {n} examples)')
+    seed = check_int(seed, 'seed', 0, 2**31 - 1); epoch = check_int(epoch, 'epoch', 0, 2**32 - 1)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed*2**32 + epoch))
     stop = n - n % batch_size if drop_last else n
     def it():

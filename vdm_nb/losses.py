@@ -8,44 +8,25 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .forward import alpha_sigma, append_dims, diffuse, to_eps
+from fastcore.basics import patch
+from .core import check_choice, check_finite, check_int, check_logsnr_range, check_vocab
+from .forward import PREDS, PROCESSES, alpha_sigma, append_dims, diffuse, to_eps
+from .schedules import Schedule
 from .weighting import ELBOWeighting, get_weighting
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'PREDS', 'encode', 'decode', 'prior_loss', 'reconstruction_loss', 'discrete_diffusion_loss',
+__all__ = ['SAMPLERS', 'encode', 'decode', 'prior_loss', 'reconstruction_loss', 'discrete_diffusion_loss',
            'continuous_diffusion_loss', 'sample_t', 'bits_per_dim', 'VDMLoss']
 
 # %% ../nbs/04_losses.ipynb #cf3fc11f
-def _check_finite(name:str, x:Tensor, fix:str='')->None:
-    "Raise a ValueError naming `name` if `x` holds a NaN or an infinity"
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()): raise ValueError(f'{name} has {int(bad.sum())} non-finite value(s) (NaN or inf). {fix}'.strip())
-
-def _check_int(value, name:str, low:int, fix:str='')->None:
-    "Raise a ValueError unless `value` is an int >= low"
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f'{name}={value!r} must be an int >= {low}. {fix}'.strip())
-
-def _check_vocab(k:Tensor, vocab_size:int)->None:
-    "Raise a ValueError unless `k` holds integers in {0, ..., vocab_size - 1}"
-    _check_int(vocab_size, 'vocab_size', 2, '(256 for 8-bit images, 17 for scikit-learn digits)')
-    if k.is_floating_point():
-        _check_finite('data k', k, 'Pass integers in {0, ..., vocab_size - 1}.')
-        if not bool((k == k.round()).all()):
-            raise ValueError('data k has non-integer values: pass integers in {0, ..., vocab_size - 1} '
-                             '(for continuous data in [-1, 1] use vocab_size=None)')
-    elif k.dtype == torch.bool or k.is_complex(): raise ValueError(f'data k has dtype {k.dtype}: pass integers')
-    if k.numel() and (int(k.min()) < 0 or int(k.max()) > vocab_size - 1):
-        raise ValueError(f'data outside the vocabulary: values span [{int(k.min())}, {int(k.max())}] but vocab_size='
-                         f'{vocab_size} allows 0..{vocab_size - 1}; pass the right vocab_size or rescale the data')
-
 def encode(k:Tensor, # integer data in {0, ..., V-1}, any shape
            vocab_size:int, # V (256 for 8-bit images, 17 for scikit-learn digits)
            dtype:torch.dtype|None=None, # result dtype; default: k's dtype if floating, else float32
+           check:bool=True, # validate the values of k (host syncs); the training step passes False
           )->Tensor: # x = 2 (k + 1/2)/V - 1, the bin centres in (-1, 1)
     "Map integer data to the centres of V equal bins of [-1, 1], as VDM's encoder"
     k = torch.as_tensor(k)
-    _check_vocab(k, vocab_size)
+    if check: check_vocab(k, vocab_size)
     dtype = dtype or (k.dtype if k.is_floating_point() else torch.float32)
     return 2*((k.to(dtype) + 0.5)/vocab_size) - 1
 
@@ -53,7 +34,7 @@ def decode(x:Tensor, # data in [-1, 1]; values outside go to the end bins
            vocab_size:int, # V
           )->Tensor: # index of the nearest bin centre, int64
     "Nearest of the V bin centres: the inverse of `encode`"
-    _check_int(vocab_size, 'vocab_size', 2); _check_finite('x', x, 'decode needs finite data.')
+    check_int(vocab_size, 'vocab_size', 2); check_finite('x', x, 'decode needs finite data.')
     return torch.floor((x + 1)*vocab_size/2).clamp(0, vocab_size - 1).long()
 
 # %% ../nbs/04_losses.ipynb #829b1db8
@@ -64,24 +45,23 @@ def _softplus_minus_sigmoid(l:Tensor)->Tensor:
     softplus = torch.logaddexp(l, torch.zeros_like(l))        # exact; F.softplus linearises above 20
     return torch.where(l < -5., series, softplus - torch.sigmoid(l))
 
-def _check_process(process:str)->None:
-    if process not in ('vp', 've'): raise ValueError(f"process={process!r} is unknown: use 'vp' or 've'")
-
-def _per_example(value, like:Tensor, name:str)->Tensor:
-    "A scalar or (B,) log-SNR as a finite tensor of like's dtype, padded to broadcast against `like`"
+def _per_example(value, like:Tensor, name:str, check:bool=True)->Tensor:
+    "A scalar or (B,) log-SNR as a tensor of like's dtype (checked finite if `check`), padded to broadcast against `like`"
     value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if value.ndim > 1 or (value.ndim == 1 and value.shape[0] not in (1, like.shape[0])):
         raise ValueError(f'{name} has shape {tuple(value.shape)}: pass a scalar or one value per example ({like.shape[0]},)')
-    _check_finite(name, value)
+    if check: check_finite(name, value)
     return append_dims(value, like.ndim)
 
 def prior_loss(x:Tensor, # data (B, ...)
                logsnr_min:Tensor|float, # lambda_min = lambda(1), a scalar or (B,)
                process:str='vp', # 'vp': prior N(0, I); 've': prior N(0, (1 + e^-lambda_min) I); same KL
+               check:bool=True, # validate the values (host syncs); the training step passes False
               )->Tensor: # KL(q(z_1|x) || p(z_1)) in nats, (B,)
     "Prior loss: KL divergence of q(z_1|x) from the prior, summed over dimensions"
-    _check_process(process); _check_finite('x', x, 'The data must be finite.')
-    l = _per_example(logsnr_min, x, 'logsnr_min')
+    check_choice(process, 'process', PROCESSES)
+    if check: check_finite('x', x, 'The data must be finite.')
+    l = _per_example(logsnr_min, x, 'logsnr_min', check)
     kl = 0.5*(torch.sigmoid(l)*x**2 + _softplus_minus_sigmoid(l))
     return kl.expand_as(x).flatten(1).sum(1)
 
@@ -91,27 +71,26 @@ def reconstruction_loss(k:Tensor, # integer data (B, ...) in {0, ..., V-1}
                         logsnr_max:Tensor|float, # lambda_max = lambda(0), a scalar or (B,)
                         vocab_size:int, # V
                         process:str='vp', # 'vp' or 've'
+                        check:bool=True, # validate inputs and result (host syncs); the training step passes False
                        )->Tensor: # -log p(k|z_0) in nats, (B,)
     "Reconstruction loss with VDM's discretised decoder: softmax over the V bin centres"
-    _check_process(process); _check_vocab(k, vocab_size); _check_finite('z_0', z_0, 'The latent must be finite.')
+    check_choice(process, 'process', PROCESSES)
     if k.shape != z_0.shape: raise ValueError(f'k {tuple(k.shape)} and z_0 {tuple(z_0.shape)} must have the same shape')
-    l = _per_example(logsnr_max, z_0, 'logsnr_max')
-    prec = torch.exp(l)                                      # decoder precision e^lambda_max
-    if not bool(torch.isfinite(prec).all()):
-        raise ValueError(f'logsnr_max={l.max().item():g} overflows exp() in {z_0.dtype}: lower lambda_max (below '
-                         f'{math.log(torch.finfo(z_0.dtype).max):.0f}; 10-20 suffices for 8-bit data) or use float64')
-    alpha, _ = alpha_sigma(l, process)
-    x_k = encode(torch.arange(vocab_size, device=z_0.device), vocab_size, dtype=z_0.dtype)
-    logits = -0.5*prec[..., None]*((z_0/alpha)[..., None] - x_k)**2
-    logp = torch.log_softmax(logits, -1).gather(-1, k.long()[..., None])[..., 0]
-    return -logp.flatten(1).sum(1)
+    if check: check_vocab(k, vocab_size); check_finite('z_0', z_0, 'The latent must be finite.')
+    l = _per_example(logsnr_max, z_0, 'logsnr_max', check)
+    alpha, sigma = alpha_sigma(l, process)
+    x_k = encode(torch.arange(vocab_size, device=z_0.device), vocab_size, dtype=z_0.dtype, check=False)
+    logits = -0.5*((z_0[..., None] - alpha[..., None]*x_k)/sigma[..., None])**2     # = -1/2 e^lambda (z/alpha - x_k)^2
+    nll = -torch.log_softmax(logits, -1).gather(-1, k.long()[..., None])[..., 0].flatten(1).sum(1)
+    if check: check_finite('the reconstruction loss', nll, f'lambda_max={l.max().item():g} is beyond what {z_0.dtype} holds.')
+    return nll
 
 # %% ../nbs/04_losses.ipynb #ec941f1d
-def _sq_err(eps:Tensor, eps_hat:Tensor)->Tensor:
-    "||eps - eps_hat||^2 per example, after checking shapes and finiteness"
+def _sq_err(eps:Tensor, eps_hat:Tensor, check:bool=True)->Tensor:
+    "||eps - eps_hat||^2 per example, after checking shapes (and, with `check`, finiteness)"
     if eps.shape != eps_hat.shape:
         raise ValueError(f'eps {tuple(eps.shape)} and eps_hat {tuple(eps_hat.shape)} must have the same shape')
-    _check_finite('eps', eps); _check_finite('eps_hat', eps_hat, 'The model output is not finite: check the model.')
+    if check: check_finite('eps', eps); check_finite('eps_hat', eps_hat, 'The model output is not finite: check the model.')
     return (eps - eps_hat).square().flatten(1).sum(1)
 
 def discrete_diffusion_loss(eps:Tensor, # the noise (B, ...)
@@ -119,13 +98,15 @@ def discrete_diffusion_loss(eps:Tensor, # the noise (B, ...)
                             logsnr_s:Tensor, # lambda(s), s = t - 1/T, (B,)
                             logsnr_t:Tensor, # lambda(t), (B,), with logsnr_t <= logsnr_s
                             n_steps:int, # T >= 1
+                            check:bool=True, # validate the values (host syncs); the training step passes False
                            )->Tensor: # T/2 expm1(lambda_s - lambda_t) ||eps - eps_hat||^2 in nats, (B,)
     "VDM's T-step diffusion loss: an unbiased one-sample estimate of the sum of the T KL terms"
-    _check_int(n_steps, 'n_steps', 1, '(for T = infinity use continuous_diffusion_loss)')
-    _check_finite('logsnr_s', logsnr_s); _check_finite('logsnr_t', logsnr_t)
-    if bool((logsnr_s < logsnr_t).any()):
-        raise ValueError('logsnr_s < logsnr_t: s comes before t, so lambda_s >= lambda_t (is the schedule decreasing?)')
-    return 0.5*n_steps*torch.expm1(logsnr_s - logsnr_t)*_sq_err(eps, eps_hat)
+    check_int(n_steps, 'n_steps', 1, fix='(for T = infinity use continuous_diffusion_loss)')
+    if check:
+        check_finite('logsnr_s', logsnr_s); check_finite('logsnr_t', logsnr_t)
+        if bool((logsnr_s < logsnr_t).any()):
+            raise ValueError('logsnr_s < logsnr_t: s comes before t, so lambda_s >= lambda_t (is the schedule decreasing?)')
+    return 0.5*n_steps*torch.expm1(logsnr_s - logsnr_t)*_sq_err(eps, eps_hat, check)
 
 # %% ../nbs/04_losses.ipynb #a1165263
 def continuous_diffusion_loss(eps:Tensor, # the noise (B, ...)
@@ -133,17 +114,19 @@ def continuous_diffusion_loss(eps:Tensor, # the noise (B, ...)
                               logsnr:Tensor, # lambda ~ p, (B,)
                               pdf, # p(lambda) > 0 as a (B,) tensor, or an object with .pdf(logsnr) (a schedule)
                               weight=None, # w(lambda) as a (B,) tensor, an object with .w(logsnr), or None (w = 1, the ELBO)
+                              check:bool=True, # validate the values (host syncs); the training step passes False
                              )->Tensor: # 1/2 w(lambda)/p(lambda) ||eps - eps_hat||^2 in nats, (B,)
     "Continuous-time diffusion loss, weighted by w and importance-sampled from p (slides eq. 57, 59)"
-    _check_finite('logsnr', logsnr)
+    if check: check_finite('logsnr', logsnr)
     if callable(getattr(pdf, 'pdf', None)): pdf = pdf.pdf(logsnr)
     if callable(getattr(weight, 'w', None)): weight = weight.w(logsnr)
     pdf = torch.as_tensor(pdf)
-    _check_finite('pdf', pdf)
-    if bool((pdf <= 0).any()): raise ValueError('pdf must be > 0 at every sampled logsnr: it is the density lambda was drawn from')
     ratio = 1/pdf if weight is None else weight/pdf
-    _check_finite('weight/pdf', ratio, 'Check the weighting on the sampled logsnr range.')
-    return 0.5*ratio*_sq_err(eps, eps_hat)
+    if check:
+        check_finite('pdf', pdf)
+        if bool((pdf <= 0).any()): raise ValueError('pdf must be > 0 at every sampled logsnr: it is the density lambda was drawn from')
+        check_finite('weight/pdf', ratio, 'Check the weighting on the sampled logsnr range.')
+    return 0.5*ratio*_sq_err(eps, eps_hat, check)
 
 # %% ../nbs/04_losses.ipynb #00d4b492
 SAMPLERS = ('uniform', 'antithetic', 'stratified')
@@ -155,8 +138,7 @@ def sample_t(n:int, # number of times (the batch size)
              dtype:torch.dtype=torch.float32, # floating dtype of the result
             )->Tensor: # (n,) times in [0, 1), each marginally U(0, 1)
     "Times for a batch: i.i.d. uniform, VDM's antithetic (low-discrepancy) or stratified"
-    if method not in SAMPLERS: raise ValueError(f'method={method!r} is unknown: use one of {SAMPLERS}')
-    _check_int(n, 'n', 1)
+    check_choice(method, 'method', SAMPLERS); check_int(n, 'n', 1, fix='(the batch size)')
     kw = dict(generator=generator, device=device, dtype=dtype)
     i = torch.arange(n, device=device, dtype=dtype)
     if method == 'uniform': t = torch.rand(n, **kw)
@@ -169,16 +151,16 @@ def bits_per_dim(nats:Tensor|float, # a loss in nats, per example or averaged
                  n_dims:int, # D, the number of dimensions of one example
                 )->Tensor|float: # nats/(D ln 2)
     "Convert nats per example to bits per dimension"
-    _check_int(n_dims, 'n_dims', 1)
+    check_int(n_dims, 'n_dims', 1)
     return nats/(n_dims*math.log(2))
 
 # %% ../nbs/04_losses.ipynb #a2b69598
-PREDS = ('eps', 'x', 'v', 'F')
+def _float_dtype(data:Tensor)->torch.dtype: return torch.float64 if data.dtype == torch.float64 else torch.float32
 
 class VDMLoss(nn.Module):
     "VDM's negative VLB (prior + reconstruction + diffusion) or a weighted diffusion loss, per example in nats"
     def __init__(self,
-                 schedule:nn.Module, # noise schedule with logsnr(t) and dlogsnr_dt(t) (vdm_nb.schedules)
+                 schedule:Schedule, # noise schedule (vdm_nb.schedules)
                  weighting='elbo', # a name for vdm_nb.weighting.get_weighting, or an object with .w(logsnr)
                  pred:str='eps', # what the model predicts: 'eps', 'x', 'v' or 'F'
                  vocab_size:int|None=None, # V for integer data (adds prior and reconstruction); None: continuous data
@@ -190,13 +172,11 @@ class VDMLoss(nn.Module):
                  adapt:bool=True, # in training mode, call schedule.update(logsnr, weighted loss) if it exists
                 ):
         super().__init__()
-        if pred not in PREDS: raise ValueError(f'pred={pred!r} is unknown: use one of {PREDS}')
-        if time_sampler not in SAMPLERS: raise ValueError(f'time_sampler={time_sampler!r} is unknown: use one of {SAMPLERS}')
-        _check_process(process)
-        _check_int(n_steps, 'n_steps', 0, '(0 = continuous time)')
-        if vocab_size is not None: _check_int(vocab_size, 'vocab_size', 2, '(or None for continuous data)')
-        for m in ('logsnr', 'dlogsnr_dt'):
-            if not callable(getattr(schedule, m, None)): raise ValueError(f'schedule has no .{m}(t): pass a vdm_nb.schedules object')
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f'schedule must be a vdm_nb.schedules.Schedule (subclass it and implement _logsnr), got {type(schedule).__name__}')
+        check_choice(pred, 'pred', PREDS); check_choice(time_sampler, 'time_sampler', SAMPLERS)
+        check_choice(process, 'process', PROCESSES); check_int(n_steps, 'n_steps', 0, fix='(0 = continuous time)')
+        if vocab_size is not None: check_int(vocab_size, 'vocab_size', 2, fix='(or None for continuous data)')
         if isinstance(weighting, str):
             try: weighting = get_weighting(weighting)
             except ValueError as err: raise ValueError(f'weighting does not exist: {err}') from None
@@ -204,9 +184,9 @@ class VDMLoss(nn.Module):
         self.elbo = isinstance(weighting, ELBOWeighting)
         if n_steps and not self.elbo:
             raise ValueError("n_steps > 0 is VDM's T-step ELBO: use weighting='elbo', or n_steps=0 for a weighted loss")
-        learned = isinstance(schedule, nn.Module) and any(p.requires_grad for p in schedule.parameters())
-        if variance_min and not learned:
+        if variance_min and not any(p.requires_grad for p in schedule.parameters()):
             raise ValueError('variance_min=True needs a schedule with trainable parameters, e.g. LearnedMonotoneSchedule')
+        _check_decreasing(schedule)
         self.schedule, self.weighting, self.pred, self.vocab_size = schedule, weighting, pred, vocab_size
         self.n_steps, self.time_sampler, self.process, self.sigma_data = n_steps, time_sampler, process, sigma_data
         self.variance_min, self.adapt = variance_min, adapt
@@ -215,64 +195,110 @@ class VDMLoss(nn.Module):
         return (f'weighting={self.weighting!r}, pred={self.pred!r}, vocab_size={self.vocab_size}, n_steps={self.n_steps}, '
                 f'time_sampler={self.time_sampler!r}, process={self.process!r}, variance_min={self.variance_min}')
 
-    def forward(self,
-                model, # model(z, logsnr) -> prediction of kind `pred`, shape of z
-                data:Tensor, # integers k (B, ...) if vocab_size is set, else continuous x (B, ...)
-                generator:torch.Generator|None=None, # random generator for the times and the noise
-                t:Tensor|None=None, # (B,) times in [0, 1) to use instead of sampling them
-                eps:Tensor|None=None, # noise of the shape of the data to use instead of sampling it
-               )->dict: # (B,) nats: 'diffusion', 'total' (+ 'prior', 'recon' with vocab_size), and 'logsnr'
-        "Per-example loss terms for a batch"
-        data = torch.as_tensor(data)
-        if data.ndim < 2: raise ValueError(f'data has shape {tuple(data.shape)}: pass a batch (B, ...) with at least one data dim')
-        if self.vocab_size is not None: x = encode(data, self.vocab_size)
-        else:
-            if not data.is_floating_point(): raise ValueError('data are integers but vocab_size=None: pass vocab_size=V for discrete data')
-            _check_finite('data x', data, 'Remove or fix the non-finite examples.'); x = data
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        x, B, dev, T = x.to(dtype), x.shape[0], x.device, self.n_steps
-        t = sample_t(B, self.time_sampler, generator, dev, dtype) if t is None else t.to(dtype)
-        if t.shape != (B,): raise ValueError(f't has shape {tuple(t.shape)}: pass one time per example, ({B},)')
-        eps = torch.randn(x.shape, generator=generator, device=dev, dtype=dtype) if eps is None else eps.to(dtype)
-        with torch.autocast(dev.type, enabled=False):                 # schedule in full precision
-            if T:
-                i = torch.floor(t*T) + 1                                  # step i in {1..T}: s = (i-1)/T, t = i/T
-                logsnr_t, logsnr_s = self.schedule.logsnr(i/T).to(dtype), self.schedule.logsnr((i - 1)/T).to(dtype)
-            else:
-                logsnr_t, dlogsnr = self.schedule.logsnr(t).to(dtype), self.schedule.dlogsnr_dt(t).to(dtype)
-                if not bool((dlogsnr < 0).all()): raise ValueError('schedule.dlogsnr_dt(t) must be < 0: lambda(t) must decrease')
-        z, eps = diffuse(x, logsnr_t, eps, self.process)
-        out = model(z, logsnr_t)                                          # the network may run under autocast
-        if not torch.is_tensor(out) or out.shape != z.shape:
-            raise ValueError(f'model(z, logsnr) must return a tensor of the shape of z, {tuple(z.shape)}')
-        with torch.autocast(dev.type, enabled=False):                 # the loss in float32 (or float64)
-            out = out.to(dtype)
-            _check_finite('model output', out, f'The model returned NaN/inf (pred={self.pred!r}): check the model and the learning rate.')
-            eps_hat = to_eps(out, z, logsnr_t, self.pred, self.process, self.sigma_data)
-            terms = {}
-            if T: terms['diffusion'] = discrete_diffusion_loss(eps, eps_hat, logsnr_s, logsnr_t, T)
-            else:
-                pdf = -1/dlogsnr                                          # density of lambda_t, p = -dt/dlambda
-                w = None if self.elbo else self.weighting.w(logsnr_t).to(dtype)
-                terms['diffusion'] = continuous_diffusion_loss(eps, eps_hat, logsnr_t, pdf, w)
-                if self.adapt and self.training and callable(getattr(self.schedule, 'update', None)):
-                    self.schedule.update(logsnr_t.detach(), (terms['diffusion']*pdf).detach())   # 1/2 w ||eps - eps_hat||^2
-            if self.variance_min and torch.is_grad_enabled():
-                self._variance_min_hooks(terms['diffusion'], (logsnr_t, logsnr_s) if T else (logsnr_t, dlogsnr))
-            if self.vocab_size is not None:
-                ends = self.schedule.logsnr(torch.tensor([1., 0.], device=dev, dtype=dtype)).to(dtype)
-                terms['prior'] = prior_loss(x, ends[0], self.process)
-                z_0, _ = diffuse(x, ends[1], torch.randn(x.shape, generator=generator, device=dev, dtype=dtype), self.process)
-                terms['recon'] = reconstruction_loss(data, z_0, ends[1], self.vocab_size, self.process)
-            for name, v in terms.items():
-                _check_finite(f'the {name!r} loss', v, 'Check the model output, the schedule endpoints and the data.')
-            terms['total'] = sum(terms.values())
-            terms['logsnr'] = logsnr_t.detach()
-        return terms
+@torch.no_grad()
+def _check_decreasing(schedule:Schedule)->None:
+    "Refuse a schedule whose lambda(t) is not finite and strictly decreasing on a grid of t (once, at construction)"
+    ref = next(iter(schedule.state_dict().values()), None)
+    t = torch.linspace(0, 1, 257, device=None if ref is None else ref.device)
+    l, d = schedule.logsnr(t), schedule.dlogsnr_dt(t)
+    if not bool(torch.isfinite(l).all() & torch.isfinite(d).all() & (d < 0).all() & (l.diff() < 0).all()):
+        raise ValueError(f'{type(schedule).__name__}.logsnr(t) must be finite and strictly decreasing with dlogsnr_dt(t) < 0 '
+                         'on [0, 1]: fix the schedule')
 
-    @staticmethod
-    def _variance_min_hooks(diffusion:Tensor, outputs:tuple)->None:
-        "Scale the gradient reaching the schedule's outputs by 2 L per example: the schedule then descends E[L^2]"
-        g = 2*diffusion.detach()
-        for o in outputs:
-            if o.requires_grad: o.register_hook(lambda grad, g=g: grad*g)
+# %% ../nbs/04_losses.ipynb #e8b2b3da
+@patch
+def _check_kind(self:VDMLoss, data:Tensor)->Tensor:
+    "Shape and dtype of a batch against the loss's settings (free: no value is looked at)"
+    if data.ndim < 2: raise ValueError(f'data has shape {tuple(data.shape)}: pass a batch (B, ...) with at least one data dim')
+    if data.dtype == torch.bool or data.is_complex(): raise ValueError(f'data have dtype {data.dtype}: pass integers or floats')
+    if self.vocab_size is None and not data.is_floating_point():
+        raise ValueError('data are integers but vocab_size=None: pass vocab_size=V for discrete data')
+    return data
+
+@patch
+def validate(self:VDMLoss, data:Tensor, # a batch or a whole data set (N, ...)
+            )->Tensor: # data, as a tensor
+    "Check data once where they enter: values in the vocabulary (or finite), and the schedule's endpoints in their dtype"
+    data = self._check_kind(torch.as_tensor(data))
+    if self.vocab_size is None: check_finite('data x', data, 'Remove or fix the non-finite examples.')
+    else: check_vocab(data, self.vocab_size)
+    dtype = _float_dtype(data)
+    with torch.no_grad(): lo, hi = self.schedule.logsnr(torch.tensor([1., 0.], dtype=dtype)).tolist()
+    check_logsnr_range(lo, hi, dtype)
+    return data
+
+# %% ../nbs/04_losses.ipynb #90183e50
+@patch
+def forward(self:VDMLoss,
+            model, # model(z, logsnr) -> prediction of kind `pred`, shape of z
+            data:Tensor, # integers k (B, ...) if vocab_size is set, else continuous x (B, ...)
+            generator:torch.Generator|None=None, # random generator for the times and the noise not given
+            t:Tensor|None=None, # (B,) times in [0, 1) to use instead of sampling them
+            eps:Tensor|None=None, # noise of the shape of the data to use instead of sampling it
+            eps_0:Tensor|None=None, # reconstruction noise (integer data) to use instead of sampling it
+            adapt:bool|None=None, # feed an adaptive schedule; None: self.adapt in training mode
+            check:bool=False, # validate data, model output and terms (host syncs; the Learner validates once instead)
+           )->dict: # (B,) nats: 'diffusion', 'total' (+ 'prior', 'recon' with vocab_size), and 'logsnr'
+    "Per-example loss terms for a batch"
+    data = self.validate(data) if check else self._check_kind(torch.as_tensor(data))
+    V, T, dtype = self.vocab_size, self.n_steps, _float_dtype(data)
+    x = data.to(dtype) if V is None else encode(data, V, dtype, check=False)
+    B, dev = x.shape[0], x.device
+    t = sample_t(B, self.time_sampler, generator, dev, dtype) if t is None else t.to(dtype)
+    if t.shape != (B,): raise ValueError(f't has shape {tuple(t.shape)}: pass one time per example, ({B},)')
+    eps = torch.randn(x.shape, generator=generator, device=dev, dtype=dtype) if eps is None else eps.to(dtype)
+    with torch.autocast(dev.type, enabled=False):                 # the schedule in full precision
+        if T:
+            i = torch.floor(t*T) + 1                                  # step i in {1..T}: s = (i-1)/T, t = i/T
+            logsnr_t, logsnr_s = (self.schedule.logsnr(u, check=False).to(dtype) for u in (i/T, (i - 1)/T))
+        else: logsnr_t, dlogsnr = (f(t, check=False).to(dtype) for f in (self.schedule.logsnr, self.schedule.dlogsnr_dt))
+    z, eps = diffuse(x, logsnr_t, eps, self.process)
+    out = model(z, logsnr_t)                                          # the network may run under autocast
+    if not torch.is_tensor(out) or out.shape != z.shape:
+        raise ValueError(f'model(z, logsnr) must return a tensor of the shape of z, {tuple(z.shape)}')
+    with torch.autocast(dev.type, enabled=False):                 # the loss in float32 (or float64)
+        out = out.to(dtype)
+        if check: check_finite('model output', out, f'The model returned NaN/inf (pred={self.pred!r}): check the model.')
+        eps_hat = to_eps(out, z, logsnr_t, self.pred, self.process, self.sigma_data)
+        if T: terms = {'diffusion': discrete_diffusion_loss(eps, eps_hat, logsnr_s, logsnr_t, T, check=False)}
+        else:
+            w = None if self.elbo else self.weighting.w(logsnr_t).to(dtype)
+            terms = {'diffusion': continuous_diffusion_loss(eps, eps_hat, logsnr_t, -1/dlogsnr, w, check=False)}
+        if self.variance_min and torch.is_grad_enabled():
+            self._variance_min_hooks(terms['diffusion'], (logsnr_t, logsnr_s) if T else (logsnr_t, dlogsnr))
+        if V is not None: terms.update(self._prior_recon(data, x, eps_0, generator))
+        if check:
+            for name, v in terms.items(): check_finite(f'the {name!r} loss', v, 'Check the model, the schedule and the data.')
+        terms['total'] = sum(terms.values())
+        terms['logsnr'] = logsnr_t.detach()
+    if (self.adapt and self.training) if adapt is None else adapt: self.adapt_schedule(t, terms)
+    return terms
+
+# %% ../nbs/04_losses.ipynb #b1919a3c
+@patch
+def _prior_recon(self:VDMLoss, k:Tensor, x:Tensor, eps_0:Tensor|None, generator)->dict:
+    "The prior and reconstruction terms at the schedule's endpoints, for integer data k encoded as x"
+    ends = self.schedule.logsnr(torch.tensor([1., 0.], device=x.device, dtype=x.dtype), check=False).to(x.dtype)
+    if eps_0 is None: eps_0 = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    z_0, _ = diffuse(x, ends[1], eps_0.to(x.dtype), self.process)
+    return {'prior': prior_loss(x, ends[0], self.process, check=False),
+            'recon': reconstruction_loss(k, z_0, ends[1], self.vocab_size, self.process, check=False)}
+
+@patch
+@torch.no_grad()
+def adapt_schedule(self:VDMLoss, t:Tensor, # (B,) the times the batch was drawn at
+                   terms:dict, # VDMLoss's terms of that batch: 'logsnr' and 'diffusion' are used
+                  )->None:
+    "Feed an adaptive schedule the batch's weighted losses 1/2 w ||eps - eps_hat||^2 = diffusion * p (else nothing)"
+    if self.n_steps or not callable(getattr(self.schedule, 'update', None)): return
+    d = terms['diffusion'].detach()
+    with torch.autocast(d.device.type, enabled=False):
+        pdf = -1/self.schedule.dlogsnr_dt(t.to(d.dtype), check=False).to(d.dtype)
+        self.schedule.update(terms['logsnr'], d*pdf, check=False)
+
+@patch
+def _variance_min_hooks(self:VDMLoss, diffusion:Tensor, outputs:tuple)->None:
+    "Scale the gradient reaching the schedule's outputs by 2 L per example: the schedule then descends E[L^2]"
+    g = 2*diffusion.detach()
+    for o in outputs:
+        if o.requires_grad: o.register_hook(lambda grad, g=g: grad*g)

@@ -4,34 +4,33 @@
 
 # %% ../nbs/06_models.ipynb #2396cdb4
 from __future__ import annotations
-import inspect
-import math
+import contextlib, inspect, math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
-from .losses import PREDS
+from .core import check_choice, check_float, check_int, check_logsnr_range
+from .forward import PREDS
 
 # %% auto #0
 __all__ = ['UNET_PRESETS', 'logsnr_embedding', 'fourier_features', 'ResnetBlock', 'AttnBlock', 'ScoreUNet', 'score_unet',
            'n_params', 'MLPBlock', 'MLPDenoiser', 'flops_per_example']
 
 # %% ../nbs/06_models.ipynb #68647463
-def _check_int(value, name:str, low:int)->None:
-    "Raise a ValueError unless `value` is an int >= low"
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f'{name}={value!r} must be an int >= {low}')
-
 def _check_logsnr_range(logsnr_range)->tuple[float,float]:
-    "Validate (lambda_min, lambda_max) and return it as two floats"
-    try: lo, hi = (float(v) for v in logsnr_range)
-    except (TypeError, ValueError): raise ValueError(f'logsnr_range={logsnr_range!r} must be a pair (logsnr_min, logsnr_max)') from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f'logsnr_range={logsnr_range!r} must be finite with logsnr_min < logsnr_max, e.g. (-5.0, 13.3)')
-    return lo, hi
+    "Validate a pair (lambda_min, lambda_max) and return it as two floats"
+    try: lo, hi = logsnr_range
+    except (TypeError, ValueError):
+        raise ValueError(f'logsnr_range={logsnr_range!r} must be a pair (logsnr_min, logsnr_max), e.g. (-5.0, 13.3)') from None
+    return check_logsnr_range(lo, hi)
 
-def _check_pred(pred)->None:
-    if pred not in PREDS: raise ValueError(f'pred={pred!r} is unknown: use one of {PREDS}')
+def _full_precision(x:Tensor)->Tensor:
+    "x in float32 if it is a half-precision tensor (float64 stays float64)"
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+def _no_autocast(x:Tensor):
+    "A context that turns autocast off on x's device (nothing to turn off on the meta device)"
+    return contextlib.nullcontext() if x.device.type == 'meta' else torch.autocast(x.device.type, enabled=False)
 
 def _batch_logsnr(logsnr, z:Tensor)->Tensor:
     "lambda as a (B,) tensor of z's dtype; a number, a 0-d or a one-element tensor is broadcast to the batch"
@@ -47,8 +46,7 @@ def logsnr_embedding(logsnr:Tensor, # lambda, shape (B,)
                     )->Tensor: # (B, d): sin(1000 c w_k) for k < d/2, then cos(1000 c w_k)
     "Sinusoidal embedding of c = (lambda_max - lambda)/(lambda_max - lambda_min), VDM's conditioning"
     lo, hi = _check_logsnr_range(logsnr_range)
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 4 or dim % 2:
-        raise ValueError(f'dim={dim!r} must be an even int >= 4')
+    if check_int(dim, 'dim', 4) % 2: raise ValueError(f'dim={dim!r} must be an even int >= 4')
     if logsnr.ndim != 1: raise ValueError(f'logsnr has shape {tuple(logsnr.shape)}: pass one value per example, (B,)')
     half = dim//2
     w = torch.exp(-math.log(10000.)*torch.arange(half, device=logsnr.device, dtype=logsnr.dtype)/(half - 1))
@@ -135,12 +133,12 @@ class ScoreUNet(nn.Module):
                 ):
         super().__init__()
         for name, v, low in (('in_channels', in_channels, 1), ('channels', channels, 4), ('n_blocks', n_blocks, 0),
-                             ('n_heads', n_heads, 1), ('norm_groups', norm_groups, 1)): _check_int(v, name, low)
-        if not 0 <= dropout < 1: raise ValueError(f'dropout={dropout!r} must be in [0, 1)')
+                             ('n_heads', n_heads, 1), ('norm_groups', norm_groups, 1)): check_int(v, name, low)
+        check_float(dropout, 'dropout', 0, 1, high_open=True)
         if channels % 2: raise ValueError(f'channels={channels} must be even (it is also the size of the lambda embedding)')
         if channels % norm_groups: raise ValueError(f'channels={channels} must be divisible by norm_groups={norm_groups}')
         if attention and channels % n_heads: raise ValueError(f'channels={channels} must be divisible by n_heads={n_heads}')
-        _check_pred(pred)
+        check_choice(pred, 'pred', PREDS)
         self.in_channels, self.channels, self.pred = in_channels, channels, pred
         self.fourier_range, self.logsnr_range = _check_fourier_range(fourier_range), _check_logsnr_range(logsnr_range)
         emb_dim = 4*channels
@@ -164,8 +162,11 @@ class ScoreUNet(nn.Module):
         if not torch.is_tensor(z) or z.ndim != 4 or z.shape[1] != self.in_channels:
             got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
             raise ValueError(f'z has shape {got}: pass a batch of images (B, {self.in_channels}, H, W)')
-        emb = self.embed(logsnr_embedding(_batch_logsnr(logsnr, z), self.channels, self.logsnr_range))
-        h = z if self.fourier_range is None else torch.cat([z, fourier_features(z, self.fourier_range)], 1)
+        with _no_autocast(z):                                   # embedding and Fourier features in float32 (or 64)
+            zf = _full_precision(z)
+            e = logsnr_embedding(_full_precision(_batch_logsnr(logsnr, zf)), self.channels, self.logsnr_range)
+            h = zf if self.fourier_range is None else torch.cat([zf, fourier_features(zf, self.fourier_range)], 1)
+        emb = self.embed(e)                                       # the network itself may run under autocast
         hs = [self.conv_in(h)]
         for blk in self.down: hs.append(blk(hs[-1], emb))
         h = self.mid2(self.attn(self.mid1(hs[-1], emb)), emb)
@@ -174,16 +175,19 @@ class ScoreUNet(nn.Module):
 
 # %% ../nbs/06_models.ipynb #e8d83e5e
 UNET_PRESETS = {
-    'cifar10': dict(in_channels=3, channels=128, n_blocks=32, dropout=0.1, attention=True, n_heads=1, fourier_range=(7, 8), norm_groups=32),
-    'fmnist':  dict(in_channels=1, channels=64, n_blocks=8, dropout=0.1, attention=True, n_heads=1, fourier_range=(7, 8), norm_groups=32),
-    'digits':  dict(in_channels=1, channels=32, n_blocks=2, dropout=0.0, attention=True, n_heads=1, fourier_range=None, norm_groups=8),
+    'cifar10': dict(in_channels=3, channels=128, n_blocks=32, dropout=0.1, attention=False, n_heads=1, fourier_range=(7, 8),
+                    norm_groups=32),
+    'fmnist':  dict(in_channels=1, channels=64, n_blocks=8, dropout=0.1, attention=True, n_heads=1, fourier_range=(7, 8),
+                    norm_groups=32),
+    'digits':  dict(in_channels=1, channels=64, n_blocks=2, dropout=0.0, attention=True, n_heads=1, fourier_range=(3, 4),
+                    norm_groups=8),
 }
 
 def score_unet(preset:str, # a key of UNET_PRESETS: 'cifar10', 'fmnist' or 'digits'
                **overrides, # any ScoreUNet argument, replacing the preset's value (e.g. pred='v', dropout=0.)
               )->ScoreUNet: # a freshly initialised network
     "Build a ScoreUNet from a named preset"
-    if preset not in UNET_PRESETS: raise ValueError(f'preset={preset!r} is unknown: use one of {sorted(UNET_PRESETS)}')
+    check_choice(preset, 'preset', tuple(UNET_PRESETS))
     known = set(inspect.signature(ScoreUNet).parameters)
     bad = sorted(set(overrides) - known)
     if bad: raise TypeError(f'unknown ScoreUNet argument(s) {bad}: use some of {sorted(known)}')
@@ -222,9 +226,9 @@ class MLPDenoiser(nn.Module):
                 ):
         super().__init__()
         for name, v, low in (('dim', dim, 1), ('hidden', hidden, 1), ('depth', depth, 0), ('embed_dim', embed_dim, 4)):
-            _check_int(v, name, low)
+            check_int(v, name, low)
         if embed_dim % 2: raise ValueError(f'embed_dim={embed_dim} must be even')
-        _check_pred(pred)
+        check_choice(pred, 'pred', PREDS)
         self.dim, self.embed_dim, self.pred = dim, embed_dim, pred
         self.fourier_range, self.logsnr_range = _check_fourier_range(fourier_range), _check_logsnr_range(logsnr_range)
         n_fourier = 0 if fourier_range is None else 2*(fourier_range[1] - fourier_range[0] + 1)
@@ -243,8 +247,11 @@ class MLPDenoiser(nn.Module):
         if not torch.is_tensor(z) or z.ndim != 2 or z.shape[1] != self.dim:
             got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
             raise ValueError(f'z has shape {got}: pass a batch of vectors (B, {self.dim})')
-        emb = self.embed(logsnr_embedding(_batch_logsnr(logsnr, z), self.embed_dim, self.logsnr_range))
-        h = self.inp(z if self.fourier_range is None else torch.cat([z, fourier_features(z, self.fourier_range)], 1))
+        with _no_autocast(z):                                   # embedding and Fourier features in float32 (or 64)
+            zf = _full_precision(z)
+            e = logsnr_embedding(_full_precision(_batch_logsnr(logsnr, zf)), self.embed_dim, self.logsnr_range)
+            h = zf if self.fourier_range is None else torch.cat([zf, fourier_features(zf, self.fourier_range)], 1)
+        emb, h = self.embed(e), self.inp(h)
         for blk in self.blocks: h = blk(h, emb)
         return self.out(F.silu(self.norm_out(h)))
 
@@ -258,7 +265,7 @@ def flops_per_example(model:nn.Module, # a network model(z, logsnr); on the meta
     "FLOPs of one forward (and backward) pass per example, counted by torch's FlopCounterMode (pass the uncompiled model)"
     if not isinstance(shape, (tuple, list, torch.Size)) or not all(isinstance(s, int) and s >= 1 for s in shape):
         raise ValueError(f'shape={shape!r} must be the shape of one example, a tuple of positive ints like (3, 32, 32)')
-    _check_int(batch_size, 'batch_size', 1)
+    check_int(batch_size, 'batch_size', 1)
     p = next(model.parameters(), None)
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device('cpu'), torch.get_default_dtype())
     params = [q for q in model.parameters() if q.requires_grad]
