@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .losses import VDMLoss, encode, prior_loss, _check_finite, _check_int, _check_vocab
+from .core import check_finite, check_int, check_vocab
+from .losses import VDMLoss, encode, prior_loss
 
 # %% auto #0
 __all__ = ['test_bpd', 'discrete_vlb_bpd', 'per_pixel_probs', 'per_pixel_bpd', 'per_pixel_sample', 'SmallClassifier',
@@ -63,11 +64,11 @@ def test_bpd(model, # model(z, logsnr) -> prediction of kind loss.pred (the mode
     if getattr(model, 'pred', loss.pred) != loss.pred:
         raise ValueError(f'model.pred={model.pred!r} but loss.pred={loss.pred!r}: build the loss with pred=model.pred')
     _check_data(data, 'data', 2)
-    _check_int(n_times, 'n_times', 1); _check_int(batch_size, 'batch_size', 1)
+    check_int(n_times, 'n_times', 1); check_int(batch_size, 'batch_size', 1)
     V = loss.vocab_size
     if V is None and not data.is_floating_point():
         raise ValueError('data are integers but loss.vocab_size is None: build the loss with vocab_size=V')
-    if V is not None: _check_vocab(data, V)
+    if V is not None: check_vocab(data, V)
     dev = _device(model, data)
     gen = torch.Generator(device=dev).manual_seed(seed)
     dtype = torch.float64 if data.dtype == torch.float64 else torch.float32
@@ -109,7 +110,7 @@ def discrete_vlb_bpd(model, # model(z, logsnr) -> prediction of kind `pred`
                      progress:bool=False, # print progress
                     )->dict: # as test_bpd
     "Test bits/dim of VDM's T-step negative VLB"
-    _check_int(n_steps, 'n_steps', 1, '(for continuous time use test_bpd with VDMLoss(n_steps=0))')
+    check_int(n_steps, 'n_steps', 1, fix='(for continuous time use test_bpd with VDMLoss(n_steps=0))')
     pred = pred or getattr(model, 'pred', 'eps')
     loss = VDMLoss(schedule, 'elbo', pred, vocab_size, n_steps, 'antithetic', process, sigma_data, adapt=False)
     return test_bpd(model, loss, data, n_times, batch_size, seed, progress)
@@ -120,7 +121,7 @@ def per_pixel_probs(train:Tensor, # training images (N, ...) with integer values
                     alpha:float=1.0, # add-alpha smoothing, > 0 so that no test value has probability 0
                    )->Tensor: # (..., V) float64: p_d(k) = (count + alpha)/(N + alpha V) for each pixel d
     "Add-alpha smoothed per-pixel categorical distributions fitted to the training images"
-    _check_data(train, 'train'); _check_vocab(train, vocab_size)
+    _check_data(train, 'train'); check_vocab(train, vocab_size)
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
         raise ValueError(f'alpha={alpha!r} must be a finite number > 0 (add-alpha smoothing; 1 is Laplace)')
     flat = train.reshape(len(train), -1)
@@ -137,7 +138,7 @@ def per_pixel_bpd(train:Tensor, # training images (N, ...) in {0..V-1}
                   alpha:float=1.0, # add-alpha smoothing
                  )->float: # test bits/dim of the per-pixel model
     "Test bits/dim of the independent per-pixel categorical model (the baseline)"
-    _check_data(test, 'test'); _check_vocab(test, vocab_size)
+    _check_data(test, 'test'); check_vocab(test, vocab_size)
     if test.shape[1:] != train.shape[1:]: raise ValueError(f'train {tuple(train.shape)} and test {tuple(test.shape)} must have the same image shape')
     logp = per_pixel_probs(train, vocab_size, alpha).log2().to(test.device)
     total = sum(float(logp.expand(len(rows), *logp.shape).gather(-1, rows.long()[..., None]).sum())
@@ -149,7 +150,7 @@ def per_pixel_sample(probs:Tensor, # (..., V) per-pixel probabilities from per_p
                      seed:int=0, # seed
                     )->Tensor: # (n, ...) int64 images drawn pixel by pixel
     "Images with independent pixels drawn from the per-pixel model"
-    _check_int(n, 'n', 1)
+    check_int(n, 'n', 1)
     g = torch.Generator(device=probs.device).manual_seed(seed)
     flat = probs.reshape(-1, probs.shape[-1])
     k = torch.multinomial(flat, n, replacement=True, generator=g)                  # (pixels, n)
@@ -166,7 +167,7 @@ class SmallClassifier(nn.Module):
                 ):
         super().__init__()
         for v, name, low in ((in_channels, 'in_channels', 1), (image_size, 'image_size', 4), (n_classes, 'n_classes', 2),
-                             (width, 'width', 1), (feat_dim, 'feat_dim', 1)): _check_int(v, name, low)
+                             (width, 'width', 1), (feat_dim, 'feat_dim', 1)): check_int(v, name, low)
         self.in_channels, self.image_size, self.n_classes, self.feat_dim = in_channels, image_size, n_classes, feat_dim
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
@@ -194,7 +195,7 @@ def _inputs(x:Tensor, vocab_size:int|None, name:str, dtype:torch.dtype|None=None
     _check_data(x, name)
     if vocab_size is not None: return encode(x, vocab_size, dtype)
     if not x.is_floating_point(): raise ValueError(f'{name} holds integers but vocab_size is None: pass vocab_size=V')
-    _check_finite(name, x)
+    check_finite(name, x)
     return x
 
 # %% ../nbs/10_evaluate.ipynb #156044d8
@@ -214,7 +215,7 @@ def train_classifier(x_int:Tensor, # training images (N, C, H, W) in {0..V-1} (o
     y = torch.as_tensor(y)
     if y.shape != (len(x),) or y.is_floating_point(): raise ValueError(f'y must hold one integer label per image, shape ({len(x)},); got {tuple(y.shape)} {y.dtype}')
     if int(y.min()) < 0: raise ValueError('y has negative labels: use labels 0..n_classes-1')
-    _check_int(steps, 'steps', 1); _check_int(batch_size, 'batch_size', 1)
+    check_int(steps, 'steps', 1); check_int(batch_size, 'batch_size', 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         clf = SmallClassifier(x.shape[1], x.shape[2], max(int(y.max()) + 1, 2), width, feat_dim).to(x.device)
@@ -264,7 +265,7 @@ def _check_stats(mu, cov, name:str)->tuple[Tensor, Tensor]:
     mu, cov = torch.as_tensor(mu, dtype=torch.float64), torch.as_tensor(cov, dtype=torch.float64)
     if mu.ndim != 1 or cov.shape != (len(mu), len(mu)):
         raise ValueError(f'mu{name} {tuple(mu.shape)} and cov{name} {tuple(cov.shape)} must have shapes (F,) and (F, F)')
-    _check_finite(f'mu{name}', mu); _check_finite(f'cov{name}', cov)
+    check_finite(f'mu{name}', mu); check_finite(f'cov{name}', cov)
     if float((cov - cov.T).abs().max()) > 1e-8*max(float(cov.abs().max()), 1e-300):
         raise ValueError(f'cov{name} is not symmetric: pass a covariance matrix')
     return mu, cov
@@ -289,7 +290,7 @@ def feature_stats(features:Tensor, # (N, F) features, N > F
     "Mean and unbiased covariance of a feature set"
     f = _check_data(features, 'features').double()
     if f.ndim != 2: raise ValueError(f'features have shape {tuple(f.shape)}: pass (N, F)')
-    _check_finite('features', f)
+    check_finite('features', f)
     N, Fd = f.shape
     if N <= Fd: raise ValueError(f'{N} samples for {Fd} features: the covariance needs N > F; pass more samples '
                                  f'(several times F) or use a classifier with a smaller feat_dim')
@@ -354,7 +355,7 @@ def nearest_neighbours(samples:Tensor, # (N, ...) images in {0..V-1} (floats in 
     "The k nearest training images of each sample, by L2 distance in [-1, 1] pixel space"
     a, b = _inputs(samples, vocab_size, 'samples', torch.float64), _inputs(train, vocab_size, 'train', torch.float64)
     if a.shape[1:] != b.shape[1:]: raise ValueError(f'samples {tuple(a.shape)} and train {tuple(b.shape)} must have the same image shape')
-    _check_int(k, 'k', 1); _check_int(batch_size, 'batch_size', 1)
+    check_int(k, 'k', 1); check_int(batch_size, 'batch_size', 1)
     if k > len(b): raise ValueError(f'k={k} but train has only {len(b)} images: pass k <= {len(b)}')
     b = b.flatten(1).double()
     out = [torch.cdist(a[i:i + batch_size].flatten(1).double().to(b.device), b, compute_mode='donot_use_mm_for_euclid_dist')
@@ -381,11 +382,11 @@ def _to_uint8(images:Tensor, vocab_size:int|None)->Tensor:
     if x.ndim == 3: x = x[:, None]
     if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f'images have shape {tuple(images.shape)}: pass (N, C, H, W) with C = 1 or 3, or (N, H, W)')
     if vocab_size is not None:
-        _check_vocab(x, vocab_size)
+        check_vocab(x, vocab_size)
         return (x.double()*255/(vocab_size - 1)).round().to(torch.uint8)
     if x.dtype == torch.uint8: return x
     if not x.is_floating_point(): raise ValueError('images hold integers but vocab_size is None: pass vocab_size=V (or uint8 pixels)')
-    _check_finite('images', x)
+    check_finite('images', x)
     if float(x.min()) < -1 or float(x.max()) > 1:
         raise ValueError(f'float images span [{float(x.min()):.3g}, {float(x.max()):.3g}], outside [-1, 1]: clamp them (x.clamp(-1, 1)) or decode to integers')
     return ((x.double() + 1)*127.5).round().to(torch.uint8)
@@ -398,7 +399,7 @@ def image_grid(images:Tensor, # (N, C, H, W) or (N, H, W): ints in {0..V-1} with
               )->Tensor: # uint8 grid, (H', W') for one channel or (H', W', 3)
     "Tile a batch of images into one uint8 image"
     x = _to_uint8(images, vocab_size)
-    _check_int(nrow, 'nrow', 1); _check_int(padding, 'padding', 0)
+    check_int(nrow, 'nrow', 1); check_int(padding, 'padding', 0)
     if not (isinstance(pad_value, int) and 0 <= pad_value <= 255): raise ValueError(f'pad_value={pad_value!r} must be an int in 0..255')
     N, C, H, W = x.shape
     ncol, nrows = min(nrow, N), math.ceil(N/nrow)

@@ -8,23 +8,20 @@ import math
 import torch
 from torch import Tensor
 from fastcore.basics import patch
-from .forward import log_alpha_sigma, target
+from .core import check_choice, check_int
+from .forward import PARAMETERISATIONS, PROCESSES, log_alpha_sigma, target
 
 # %% auto #0
 __all__ = ['GaussianOracle', 'MixtureOracle']
 
 # %% ../nbs/05_oracle.ipynb #158dee77
-_PROCESSES, _PREDS = ('vp', 've'), ('eps', 'x', 'v', 'score', 'F')
-
-def _check_process(process):
-    if process not in _PROCESSES: raise ValueError(f"process must be one of {_PROCESSES}, got {process!r}")
+def _check_process(process): check_choice(process, 'process', PROCESSES)
 
 def _softplus(a:Tensor)->Tensor:
     "log(1 + e^a) to full precision (torch's F.softplus switches to `a` above 20, an error of up to 2e-9)"
     return torch.logaddexp(a, torch.zeros_like(a))
 
-def _check_n(n):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"n must be an int >= 1, got {n!r}")
+def _check_n(n): check_int(n, 'n', 1)
 
 class _Oracle:
     "Checks and the model wrapper shared by the oracles; a subclass defines `_posterior(z, logsnr)` and `log_prob(x)`"
@@ -72,7 +69,7 @@ class _Oracle:
                  sigma_data:float=0.5, # EDM's sigma_data, used by pred='F'
                 ): # a function model(z, logsnr) -> prediction of kind `pred`
         "The exact denoiser as a model for `vdm_nb.losses`, differentiable in z and lambda"
-        if pred not in _PREDS: raise ValueError(f"pred must be one of {_PREDS}, got {pred!r}")
+        check_choice(pred, 'pred', PARAMETERISATIONS)
         def model(z, logsnr):
             x_hat, eps_hat, _ = self._posterior(z, logsnr)
             if pred == 'eps': return eps_hat

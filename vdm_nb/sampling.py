@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 import torch
 from torch import Tensor, nn
-from .forward import PARAMETERISATIONS, log_alpha_sigma, posterior, to_x, to_eps
+from .core import check_choice, check_int
+from .forward import PARAMETERISATIONS, PROCESSES, log_alpha_sigma, posterior, to_x, to_eps
 from .losses import decode
 from .schedules import EDMSamplingSchedule
 
@@ -15,13 +16,6 @@ from .schedules import EDMSamplingSchedule
 __all__ = ['sample_prior', 'ancestral_sample', 'ddim_sample', 'heun_sample']
 
 # %% ../nbs/08_sampling.ipynb #bcaf7457
-_PROCESSES = ('vp', 've')
-
-def _check_int(value, name:str, low:int, fix:str='')->None:
-    "Raise a ValueError unless `value` is an int >= low"
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} must be an int >= {low}. {fix}".strip())
-
 def _check_shape(shape)->tuple:
     "`shape` as a tuple of positive ints whose first entry is the batch size"
     if not isinstance(shape, (tuple, list, torch.Size)):
@@ -34,23 +28,22 @@ def _check_shape(shape)->tuple:
         raise ValueError(f"shape={shape} must hold positive ints")
     return shape
 
-def _check_process(process)->None:
-    if process not in _PROCESSES: raise ValueError(f"process={process!r} is unknown: use 'vp' or 've'")
+def _check_process(process)->None: check_choice(process, 'process', PROCESSES)
 
 def _check_common(model, shape, n_steps, schedule, pred, process, sigma_data, vocab_size, clip_x, dtype)->tuple:
     "Validate the arguments every sampler takes; return (shape, pred)"
     if not callable(model): raise TypeError(f"model must be callable as model(z, logsnr), got {type(model).__name__}")
     shape = _check_shape(shape)
-    _check_int(n_steps, 'n_steps', 1, 'Pass the number of steps, e.g. 100.')
+    check_int(n_steps, 'n_steps', 1, fix='Pass the number of steps, e.g. 100.')
     if not callable(getattr(schedule, 'logsnr', None)):
         raise TypeError(f"schedule must be a vdm_nb.schedules object with a logsnr(t) method (e.g. CosineSchedule()), "
                         f"got {type(schedule).__name__}")
     pred = getattr(model, 'pred', 'eps') if pred is None else pred
-    if pred not in PARAMETERISATIONS: raise ValueError(f"pred={pred!r} is unknown: use one of {PARAMETERISATIONS} (or set model.pred)")
+    check_choice(pred, 'pred', PARAMETERISATIONS)
     _check_process(process)
     if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not sigma_data > 0:
         raise ValueError(f"sigma_data={sigma_data!r} must be a number > 0 (EDM: 0.5)")
-    if vocab_size is not None: _check_int(vocab_size, 'vocab_size', 2, 'Use None for continuous data.')
+    if vocab_size is not None: check_int(vocab_size, 'vocab_size', 2, fix='Use None for continuous data.')
     if not isinstance(clip_x, bool): raise TypeError(f"clip_x={clip_x!r} must be True or False")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point): raise TypeError(f"dtype={dtype!r} must be a floating torch dtype")
     return shape, pred

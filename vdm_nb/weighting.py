@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from .core import check_choice
 
 # %% auto #0
 __all__ = ['WEIGHTINGS', 'sech', 'mse_ratio', 'Weighting', 'ELBOWeighting', 'SigmoidWeighting', 'EpsMSECosineWeighting',
@@ -22,9 +23,7 @@ def sech(x:Tensor, # any real tensor
     a = x.abs()
     return torch.exp(math.log(2.0) - a - F.softplus(-2*a))
 
-def _check_pred(pred):
-    if pred not in ('eps', 'x', 'v'): raise ValueError(f"pred={pred!r}: use 'eps', 'x' or 'v'")
-    return pred
+def _check_pred(pred): return check_choice(pred, 'pred', ('eps', 'x', 'v'))
 
 def mse_ratio(logsnr:Tensor, # lambda = log(alpha^2/sigma^2)
               pred:str='eps', # the prediction target y: 'eps', 'x' (VP or VE) or 'v' (VP)

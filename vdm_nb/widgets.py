@@ -12,16 +12,16 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 import ipywidgets as widgets
 from IPython.display import display
+from .core import check_choice, check_logsnr_range
 from .forward import PROCESSES, alpha_sigma, diffuse
-from .schedules import (Schedule, LinearSchedule, CosineSchedule, ShiftedCosineSchedule, EDMTrainingSchedule,
-                              EDMSamplingSchedule, FlowMatchingSchedule, DDPMSchedule)
+from .schedules import SCHEDULES, Schedule, get_schedule
 from .weighting import (Weighting, ELBOWeighting, SigmoidWeighting, EDMWeighting, EDMMonotonicWeighting,
                               ImpliedWeighting, MinSNRWeighting, SoftMinSNRWeighting, P2Weighting)
 from .losses import encode
 from .oracle import GaussianOracle
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'OBJECTIVES', 'Explorer', 'make_schedule', 'plot_schedules', 'schedule_explorer', 'make_weighting',
+__all__ = ['FIXED_SCHEDULES', 'OBJECTIVES', 'Explorer', 'make_schedule', 'plot_schedules', 'schedule_explorer', 'make_weighting',
            'plot_weightings', 'weighting_explorer', 'plot_diffusion', 'diffusion_viewer', 'loss_density',
            'plot_loss_contributions', 'loss_contribution_explorer']
 
@@ -72,43 +72,29 @@ class Explorer(widgets.VBox):
         super().close()
 
 # %% ../nbs/12_widgets.ipynb #ce80a121
-SCHEDULES = ('linear', 'cosine', 'shifted-cosine', 'edm-training', 'edm-sampling', 'flow-matching', 'ddpm-linear',
-             'ddpm-cosine')
+FIXED_SCHEDULES = tuple(n for n in SCHEDULES if n not in ('learned-linear', 'learned-monotone', 'adaptive'))
 
-def _check_name(name, names:tuple, what:str)->str:
-    "`name` if it is one of `names`, else a ValueError that lists them"
-    if not isinstance(name, str) or name not in names:
-        raise ValueError(f"{what}={name!r} is unknown; use one of {', '.join(names)}")
-    return name
-
-def make_schedule(name:str, # one of SCHEDULES
+def make_schedule(name:str, # one of FIXED_SCHEDULES (learned and adaptive ones start out as linear or uniform)
                   logsnr_min:float=-10., # lambda(1); the DDPM schedules keep the end their betas give
                   logsnr_max:float=10., # lambda(0); the DDPM schedules keep the end their betas give
                   shift:float=-math.log(4), # shifted-cosine: lambda moves by 2 shift (simple diffusion: log(64/256))
                   rho:float=7., # edm-sampling: EDM's rho
                  )->Schedule: # the schedule object
-    "A schedule of `vdm_nb.schedules` by name, with common endpoints so that schedules compare on one range"
-    _check_name(name, SCHEDULES, 'schedule')
-    lo, hi = float(logsnr_min), float(logsnr_max)
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"need finite logsnr_min < logsnr_max, got logsnr_min={lo:g}, logsnr_max={hi:g}; swap or widen them")
-    if name == 'linear': return LinearSchedule(lo, hi)
-    if name == 'cosine': return CosineSchedule(lo, hi)
-    if name == 'shifted-cosine': return ShiftedCosineSchedule(shift=shift, logsnr_min=lo, logsnr_max=hi)
-    if name == 'edm-training': return EDMTrainingSchedule(logsnr_min=lo, logsnr_max=hi)
-    if name == 'edm-sampling': return EDMSamplingSchedule(math.exp(-hi/2), math.exp(-lo/2), rho)
-    if name == 'flow-matching': return FlowMatchingSchedule(lo, hi)
-    return DDPMSchedule(name.split('-')[1])
+    "A schedule from `vdm_nb.schedules.get_schedule`, with common endpoints so that schedules compare on one range"
+    check_choice(name, 'schedule', FIXED_SCHEDULES)
+    lo, hi = check_logsnr_range(logsnr_min, logsnr_max)
+    if name.startswith('ddpm-'): return get_schedule(name)
+    return get_schedule(name, lo, hi, **{'shifted-cosine': dict(shift=shift), 'edm-sampling': dict(rho=rho)}.get(name, {}))
 
 # %% ../nbs/12_widgets.ipynb #f326872e
 def _schedules(names, logsnr_min, logsnr_max, shift, rho)->list:
-    "[(label, Schedule)] for names (strings from SCHEDULES) or Schedule objects"
+    "[(label, Schedule)] for names (strings from FIXED_SCHEDULES) or Schedule objects"
     if isinstance(names, (str, Schedule)): names = [names]
     out = []
     for n in names:
         if isinstance(n, Schedule): out.append((type(n).__name__, n))
-        else: out.append((_check_name(n, SCHEDULES, 'schedule'), make_schedule(n, logsnr_min, logsnr_max, shift, rho)))
-    if not out: raise ValueError(f"names is empty: choose at least one schedule from {', '.join(SCHEDULES)}")
+        else: out.append((check_choice(n, 'schedule', FIXED_SCHEDULES), make_schedule(n, logsnr_min, logsnr_max, shift, rho)))
+    if not out: raise ValueError(f"names is empty: choose at least one schedule from {FIXED_SCHEDULES}")
     return out
 
 def _time_grid(t)->Tensor:
@@ -119,7 +105,7 @@ def _time_grid(t)->Tensor:
         raise ValueError("t must hold at least 2 times in [0, 1], e.g. torch.linspace(0, 1, 501)")
     return t
 
-def plot_schedules(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm-training', 'edm-sampling'), # names from SCHEDULES or Schedule objects
+def plot_schedules(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm-training', 'edm-sampling'), # names from FIXED_SCHEDULES or Schedule objects
                    t:Tensor|None=None, # times in [0, 1]; default 501 points
                    logsnr_min:float=-10., # common lambda(1) (DDPM schedules keep their own)
                    logsnr_max:float=10., # common lambda(0)
@@ -128,7 +114,7 @@ def plot_schedules(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm-tr
                    process:str='vp', # 'vp' or 've', for alpha_t and sigma_t
                   )->Figure: # four panels lambda(t), alpha_t, sigma_t, p(lambda); one line per schedule, labelled by name
     "Draw lambda(t), alpha_t, sigma_t and the log-SNR density p(lambda) of several schedules side by side"
-    _check_name(process, PROCESSES, 'process')
+    check_choice(process, 'process', PROCESSES)
     scheds, t = _schedules(names, logsnr_min, logsnr_max, shift, rho), _time_grid(t)
     lo = min(float(s.logsnr_min) for _, s in scheds); hi = max(float(s.logsnr_max) for _, s in scheds)
     grid = torch.linspace(lo, hi, 801, dtype=torch.float64)
@@ -156,7 +142,7 @@ def _endpoint_sliders(logsnr_min:float, logsnr_max:float)->dict:
     "Sliders for lambda_min on [-20, 0] and lambda_max on [0, 20]"
     return {'logsnr_min': _slider(logsnr_min, -20., 0., 0.5, 'lambda_min'), 'logsnr_max': _slider(logsnr_max, 0., 20., 0.5, 'lambda_max')}
 
-def schedule_explorer(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm-training', 'edm-sampling'), # initial selection from SCHEDULES
+def schedule_explorer(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm-training', 'edm-sampling'), # initial selection from FIXED_SCHEDULES
                       logsnr_min:float=-10., # initial common lambda(1), slider on [-20, 0]
                       logsnr_max:float=10., # initial common lambda(0), slider on [0, 20]
                       shift:float=-math.log(4), # initial shift of shifted-cosine, slider on [-3, 3]
@@ -165,11 +151,11 @@ def schedule_explorer(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm
                      )->Explorer: # controls 'names', 'shift', 'rho', 'logsnr_min', 'logsnr_max', 'process' above the figure of `plot_schedules`
     "Widget: choose schedules, shift, rho and endpoints; shows plot_schedules' four panels"
     names = (names,) if isinstance(names, str) else tuple(names)
-    for n in names: _check_name(n, SCHEDULES, 'schedule')
-    controls = {'names': widgets.SelectMultiple(options=SCHEDULES, value=names, rows=len(SCHEDULES), description='schedules'),
+    for n in names: check_choice(n, 'schedule', FIXED_SCHEDULES)
+    controls = {'names': widgets.SelectMultiple(options=FIXED_SCHEDULES, value=names, rows=len(FIXED_SCHEDULES), description='schedules'),
                 'shift': _slider(shift, -3., 3., 0.05, 'shift'), 'rho': _slider(rho, 1., 15., 0.5, 'rho'),
                 **_endpoint_sliders(logsnr_min, logsnr_max),
-                'process': widgets.Dropdown(options=PROCESSES, value=_check_name(process, PROCESSES, 'process'), description='process')}
+                'process': widgets.Dropdown(options=PROCESSES, value=check_choice(process, 'process', PROCESSES), description='process')}
     return Explorer(plot_schedules, controls)
 
 # %% ../nbs/12_widgets.ipynb #8c0f9dda
@@ -185,7 +171,7 @@ def make_weighting(name:str, # one of OBJECTIVES
                    min_snr_gamma:float=5., # gamma of 'min-snr' and 'soft-min-snr'
                   )->Weighting: # a `vdm_nb.weighting` object with w(logsnr) and is_monotonic(lo, hi)
     "The weighting w(lambda) of an objective by name; MSE-type objectives get theirs from the schedule's density"
-    _check_name(name, OBJECTIVES, 'weighting')
+    check_choice(name, 'weighting', OBJECTIVES)
     if name == 'elbo': return ELBOWeighting()
     if name == 'sigmoid': return SigmoidWeighting(sigmoid_bias)
     if name == 'edm': return EDMWeighting()
@@ -202,14 +188,14 @@ def _weightings(names, schedule, sigmoid_bias, min_snr_gamma)->list:
     out = []
     for n in names:
         if isinstance(n, Weighting): out.append((type(n).__name__, n))
-        else: out.append((_check_name(n, OBJECTIVES, 'weighting'), make_weighting(n, schedule, sigmoid_bias, min_snr_gamma)))
+        else: out.append((check_choice(n, 'weighting', OBJECTIVES), make_weighting(n, schedule, sigmoid_bias, min_snr_gamma)))
     if not out: raise ValueError(f"names is empty: choose at least one weighting from {', '.join(OBJECTIVES)}")
     return out
 
 def _resolve_schedule(schedule, logsnr_min, logsnr_max, shift, rho)->Schedule:
-    "A Schedule object from a name of SCHEDULES or a Schedule"
+    "A Schedule object from a name of FIXED_SCHEDULES or a Schedule"
     if isinstance(schedule, Schedule): return schedule
-    return make_schedule(_check_name(schedule, SCHEDULES, 'schedule'), logsnr_min, logsnr_max, shift, rho)
+    return make_schedule(check_choice(schedule, 'schedule', FIXED_SCHEDULES), logsnr_min, logsnr_max, shift, rho)
 
 def _weight_on(wt:Weighting, grid:Tensor, label:str)->Tensor:
     "w on the grid in float64, checked finite, non-negative and not all zero"
@@ -219,7 +205,7 @@ def _weight_on(wt:Weighting, grid:Tensor, label:str)->Tensor:
     return w
 
 def plot_weightings(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'edm-monotonic', 'sigmoid', 'min-snr'), # from OBJECTIVES, or Weighting objects
-                    schedule:str|Schedule='cosine', # training schedule (name from SCHEDULES or object); its range is the plotted range
+                    schedule:str|Schedule='cosine', # training schedule (name from FIXED_SCHEDULES or object); its range is the plotted range
                     logsnr_min:float=-10., # lambda(1) of a named schedule
                     logsnr_max:float=10., # lambda(0) of a named schedule
                     shift:float=-math.log(4), # shift of 'shifted-cosine'
@@ -252,7 +238,7 @@ def plot_weightings(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'edm-mono
 
 # %% ../nbs/12_widgets.ipynb #16023a18
 def weighting_explorer(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'sigmoid'), # initial selection from OBJECTIVES
-                       schedule:str='cosine', # initial training schedule, from SCHEDULES
+                       schedule:str='cosine', # initial training schedule, from FIXED_SCHEDULES
                        logsnr_min:float=-10., # initial lambda(1), slider on [-20, 0]
                        logsnr_max:float=10., # initial lambda(0), slider on [0, 20]
                        sigmoid_bias:float=2., # initial b of 'sigmoid', slider on [-5, 5]
@@ -260,9 +246,9 @@ def weighting_explorer(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'sigmo
                       )->Explorer: # controls 'names', 'schedule', 'logsnr_min', 'logsnr_max', 'sigmoid_bias', 'min_snr_gamma', 'shift', 'rho' above `plot_weightings`
     "Widget: choose objectives and a schedule; shows the implied w(lambda), monotonicity and p_w(lambda)"
     names = (names,) if isinstance(names, str) else tuple(names)
-    for n in names: _check_name(n, OBJECTIVES, 'weighting')
+    for n in names: check_choice(n, 'weighting', OBJECTIVES)
     controls = {'names': widgets.SelectMultiple(options=OBJECTIVES, value=names, rows=len(OBJECTIVES), description='objectives'),
-                'schedule': widgets.Dropdown(options=SCHEDULES, value=_check_name(schedule, SCHEDULES, 'schedule'), description='schedule'),
+                'schedule': widgets.Dropdown(options=FIXED_SCHEDULES, value=check_choice(schedule, 'schedule', FIXED_SCHEDULES), description='schedule'),
                 **_endpoint_sliders(logsnr_min, logsnr_max),
                 'sigmoid_bias': _slider(sigmoid_bias, -5., 5., 0.25, 'sigmoid b'),
                 'min_snr_gamma': _slider(min_snr_gamma, 0.5, 20., 0.5, 'min-SNR gamma'),
@@ -292,7 +278,7 @@ def plot_diffusion(image:Tensor, # one image: integers (C, H, W) or (H, W) with 
                    size:float=1.6, # width of one panel in inches
                   )->Figure: # one panel per log-SNR; panel i's image data is z at logsnrs[i]
     "Draw z = alpha x + sigma eps of one image at several log-SNRs, one shared noise draw, alpha and sigma in the titles"
-    _check_name(process, PROCESSES, 'process')
+    check_choice(process, 'process', PROCESSES)
     x = _as_image(image, vocab_size)
     lam = torch.as_tensor(logsnrs, dtype=torch.float64).flatten()
     if lam.numel() < 1 or not bool(torch.isfinite(lam).all()): raise ValueError("logsnrs must hold at least one finite log-SNR")
@@ -337,7 +323,7 @@ def diffusion_viewer(images:Tensor|None=None, # (N, C, H, W) or (N, H, W): integ
     for i in (0, len(images) - 1): _as_image(images[i], vocab_size)          # fail now, not on the first slider move
     controls = {'index': widgets.IntSlider(value=0, min=0, max=len(images) - 1, description='image', continuous_update=False),
                 'logsnr': _slider(logsnr, -10., 10., 0.1, 'lambda'),
-                'process': widgets.Dropdown(options=PROCESSES, value=_check_name(process, PROCESSES, 'process'), description='process'),
+                'process': widgets.Dropdown(options=PROCESSES, value=check_choice(process, 'process', PROCESSES), description='process'),
                 'seed': widgets.IntSlider(value=0, min=0, max=99, description='noise seed', continuous_update=False)}
     return Explorer(_draw_one(images, vocab_size), controls)
 
@@ -397,16 +383,16 @@ def plot_loss_contributions(weightings:Sequence=('elbo', 'eps-mse', 'v-mse', 'ed
 
 # %% ../nbs/12_widgets.ipynb #13118857
 def loss_contribution_explorer(weightings:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'sigmoid'), # initial selection from OBJECTIVES
-                               schedule:str='cosine', # initial training schedule, from SCHEDULES
+                               schedule:str='cosine', # initial training schedule, from FIXED_SCHEDULES
                                data_scale:float=0.5, # initial s, log slider on [0.01, 10]
                                logsnr_min:float=-10., # initial lambda(1), slider on [-20, 0]
                                logsnr_max:float=10., # initial lambda(0), slider on [0, 20]
                               )->Explorer: # controls 'weightings', 'schedule', 'data_scale', 'logsnr_min', 'logsnr_max' above `plot_loss_contributions`
     "Widget: choose weightings, schedule and data scale; shows the share of the loss per noise level"
     weightings = (weightings,) if isinstance(weightings, str) else tuple(weightings)
-    for n in weightings: _check_name(n, OBJECTIVES, 'weighting')
+    for n in weightings: check_choice(n, 'weighting', OBJECTIVES)
     controls = {'weightings': widgets.SelectMultiple(options=OBJECTIVES, value=weightings, rows=len(OBJECTIVES), description='objectives'),
-                'schedule': widgets.Dropdown(options=SCHEDULES, value=_check_name(schedule, SCHEDULES, 'schedule'), description='schedule'),
+                'schedule': widgets.Dropdown(options=FIXED_SCHEDULES, value=check_choice(schedule, 'schedule', FIXED_SCHEDULES), description='schedule'),
                 'data_scale': widgets.FloatLogSlider(value=data_scale, base=10, min=-2, max=1, step=0.05, description='data scale s',
                                                      continuous_update=False),
                 **_endpoint_sliders(logsnr_min, logsnr_max)}
