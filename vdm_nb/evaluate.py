@@ -415,12 +415,15 @@ def save_grid(images:Tensor, # images as for image_grid
               nrow:int=8, # images per row
               vocab_size:int|None=None, # V for integer images
               padding:int=1, # pixels between images
+              min_width:int=0, # enlarge by an integer factor (nearest neighbour) to at least this many pixels wide
              )->Path: # the path written
     "Write a grid of images as a PNG file"
     from PIL import Image
     path = Path(path)
     if path.suffix.lower() != '.png': raise ValueError(f'path={str(path)!r} must end in .png')
-    grid = image_grid(images, nrow, vocab_size, padding)
+    img = Image.fromarray(image_grid(images, nrow, vocab_size, padding).numpy())
+    k = max(1, -(-check_int(min_width, 'min_width', 0)//img.width))
+    if k > 1: img = img.resize((img.width*k, img.height*k), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.numpy()).save(path)
+    img.save(path)
     return path
