@@ -4,25 +4,29 @@
 
 # %% ../nbs/11_train.ipynb #498856e2
 from __future__ import annotations
-import argparse, ast, dataclasses, json, math, os, sys, time
+import argparse, ast, dataclasses, json, math, sys, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import torch
+from .core import check_choice, check_float, check_int
 from .data import get_data
-from .models import ScoreUNet, n_params
+from .models import UNET_PRESETS, ScoreUNet, n_params
 from .losses import VDMLoss
-from .schedules import LinearSchedule, LearnedLinearSchedule, LearnedMonotoneSchedule, AdaptiveSchedule
-from .learner import Learner, Callback, CancelFitException, CheckpointCB, LogCB
+from .schedules import SCHEDULES, get_schedule
+from .learner import PRECISIONS, Learner
+from .callbacks import CheckpointCB, LogCB, PrintCB, TimeBudgetCB
+from .distributed import refuse_unsupported_launch, world_size
 from .sampling import ancestral_sample
-from .evaluate import test_bpd, per_pixel_bpd, image_grid
+from .evaluate import test_bpd, per_pixel_bpd, save_grid
 
 # %% auto #0
-__all__ = ['IMAGE_DATA', 'SCHEDULES', 'PRESETS', 'TrainConfig', 'make_config', 'make_schedule', 'make_model', 'PrintCB',
-           'TimeBudgetCB', 'check_batch_split', 'save_loss_curve', 'train', 'main']
+__all__ = ['IMAGE_DATA', 'TRAIN_SCHEDULES', 'PRESETS', 'TrainConfig', 'make_config', 'make_model', 'check_batch_split',
+           'save_loss_curve', 'train', 'main']
 
 # %% ../nbs/11_train.ipynb #e76d94fe
 IMAGE_DATA = ('digits', 'fmnist', 'mnist', 'cifar10')
-SCHEDULES = ('linear', 'learned_linear', 'learned_monotone', 'adaptive')
+TRAIN_SCHEDULES = tuple(n for n in SCHEDULES if not n.startswith('ddpm-') and n != 'shifted-cosine')   # built from 2 endpoints
+_NET = UNET_PRESETS['digits']                                               # the default network: the main job's
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -30,14 +34,14 @@ class TrainConfig:
     data:str='digits' # dataset, a key of vdm_nb.data.DATASETS ('digits', 'fmnist', 'mnist', 'cifar10')
     data_root:str|None=None # folder of the data files (fmnist) or of torchvision's downloads; None: the loader's default
     data_seed:int=0 # seed of the digits' train/test split
-    channels:int=64 # ScoreUNet width C
-    n_blocks:int=2 # ScoreUNet depth N (N down, 2 middle, N + 1 up ResNet blocks)
-    dropout:float=0.0 # dropout inside the ResNet blocks
-    attention:bool=True # self-attention in the middle of the network
-    fourier_range:tuple|None=(3, 4) # Fourier features sin/cos(2^n pi z) of the input, n = n_min..n_max; None: off
-    norm_groups:int=8 # GroupNorm groups (must divide channels)
+    channels:int=_NET['channels'] # ScoreUNet width C
+    n_blocks:int=_NET['n_blocks'] # ScoreUNet depth N (N down, 2 middle, N + 1 up ResNet blocks)
+    dropout:float=_NET['dropout'] # dropout inside the ResNet blocks
+    attention:bool=_NET['attention'] # self-attention in the middle of the network
+    fourier_range:tuple|None=_NET['fourier_range'] # Fourier features sin/cos(2^n pi z) of the input, n = n_min..n_max; None: off
+    norm_groups:int=_NET['norm_groups'] # GroupNorm groups (must divide channels)
     pred:str='eps' # what the network predicts: 'eps', 'x', 'v' or 'F'
-    schedule:str='linear' # one of SCHEDULES
+    schedule:str='linear' # one of TRAIN_SCHEDULES (vdm_nb.schedules.get_schedule)
     logsnr_min:float=-7.0 # lambda(1), the noisy end (initial value when learned)
     logsnr_max:float=8.0 # lambda(0), the clean end (initial value when learned)
     variance_min:bool=False # learned schedules: descend the variance of the diffusion loss (VDM); False: the VLB
@@ -49,8 +53,8 @@ class TrainConfig:
     ema_decay:float=0.999 # decay of the EMA weights that are evaluated and sampled
     n_steps:int=3000 # optimiser steps (the total, also when resuming)
     minutes:float|None=None # wall-clock budget of the training loop; None: no budget
-    mixed_precision:str='no' # 'no' or 'bf16' (network under autocast, loss in float32)
-    compile:bool=False # torch.compile the network
+    mixed_precision:str='no' # 'no', 'bf16', 'fp16' (with loss scaling) or 'auto' (bf16 or fp16 on a GPU, none on a CPU)
+    compile:bool=False # torch.compile the whole objective (schedule, diffusion, network, loss) as one graph
     seed:int=0 # seed of the batches, the noise and the initialisation
     device:str='auto' # 'auto' (CUDA when available), 'cpu' or 'cuda'
     eval_times:int=16 # antithetic draws of (t, eps) per test example for the test bits/dim
@@ -62,60 +66,46 @@ class TrainConfig:
     ckpt_every:int=1000 # steps between checkpoints
 
 # %% ../nbs/11_train.ipynb #563eb77f
+def _net(name:str)->dict: return {k: v for k, v in UNET_PRESETS[name].items() if k in TrainConfig.__dataclass_fields__}
+
 PRESETS = {
     'digits': TrainConfig(schedule='adaptive', pred='v', lr=3e-3, n_steps=4500, minutes=4.25, eval_times=32),
-    'fmnist': TrainConfig(data='fmnist', channels=64, n_blocks=8, dropout=0.1, attention=True, fourier_range=(7, 8),
-                          norm_groups=32, schedule='learned_linear', logsnr_min=-5.0, logsnr_max=13.3, batch_size=128,
-                          lr=5e-4, weight_decay=0.01, warmup_steps=500, ema_decay=0.999, n_steps=50_000,
-                          eval_times=4, eval_batch_size=250, n_samples=64, sample_steps=256, log_every=200, ckpt_every=2000),
-    'cifar10': TrainConfig(data='cifar10', channels=128, n_blocks=32, dropout=0.1, attention=False, fourier_range=(7, 8),
-                           norm_groups=32, schedule='learned_linear', logsnr_min=-5.0, logsnr_max=13.3, batch_size=128,
-                           lr=2e-4, weight_decay=0.01, warmup_steps=100, ema_decay=0.9999, n_steps=10_000_000,
-                           mixed_precision='bf16', eval_times=1, eval_batch_size=250, n_samples=64, sample_steps=256,
+    'fmnist': TrainConfig(data='fmnist', **_net('fmnist'), schedule='learned-linear', logsnr_min=-5.0, logsnr_max=13.3,
+                          batch_size=128, lr=5e-4, weight_decay=0.01, warmup_steps=500, ema_decay=0.999, n_steps=50_000,
+                          mixed_precision='auto', eval_times=4, eval_batch_size=250, n_samples=64, sample_steps=256,
+                          log_every=200, ckpt_every=2000),
+    'cifar10': TrainConfig(data='cifar10', **_net('cifar10'), schedule='learned-linear', logsnr_min=-5.0, logsnr_max=13.3,
+                           batch_size=128, lr=2e-4, weight_decay=0.01, warmup_steps=100, ema_decay=0.9999, n_steps=10_000_000,
+                           mixed_precision='auto', eval_times=1, eval_batch_size=250, n_samples=64, sample_steps=256,
                            log_every=1000, ckpt_every=10_000),
 }
 
 def _check_count(cfg, name:str, low:int, none_ok:bool=False)->None:
     v = getattr(cfg, name)
-    if none_ok and v is None: return
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f'{name}={v!r} must be an int >= {low}' + (' or None' if none_ok else ''))
+    if not (none_ok and v is None): check_int(v, name, low, fix='or None' if none_ok else '')
 
 def make_config(preset:str='digits', # a key of PRESETS
                 **overrides, # TrainConfig fields that replace the preset's values
                )->TrainConfig: # the checked configuration
     "A preset with some fields replaced, checked before anything is built"
-    if not isinstance(preset, str) or preset not in PRESETS:
-        raise ValueError(f'preset={preset!r} is unknown: use one of {tuple(PRESETS)}')
+    check_choice(preset, 'preset', tuple(PRESETS))
     known = [f.name for f in fields(TrainConfig)]
     bad = [k for k in overrides if k not in known]
     if bad: raise TypeError(f'unknown TrainConfig field(s) {bad}: the fields are {known}')
     if isinstance(overrides.get('fourier_range'), list): overrides['fourier_range'] = tuple(overrides['fourier_range'])
     cfg = dataclasses.replace(PRESETS[preset], **overrides)
     if cfg.data not in IMAGE_DATA: raise ValueError(f'data={cfg.data!r} is not an image dataset: use one of {IMAGE_DATA}')
-    if cfg.schedule not in SCHEDULES: raise ValueError(f'schedule={cfg.schedule!r} is unknown: use one of {SCHEDULES}')
-    if cfg.device not in ('auto', 'cpu', 'cuda'): raise ValueError(f"device={cfg.device!r} is unknown: use 'auto', 'cpu' or 'cuda'")
+    check_choice(cfg.schedule, 'schedule', TRAIN_SCHEDULES); check_choice(cfg.mixed_precision, 'mixed_precision', PRECISIONS)
+    check_choice(cfg.device, 'device', ('auto', 'cpu', 'cuda'))
     if cfg.device == 'cuda' and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch.cuda.is_available() is False: use device='cpu' (or 'auto')")
-    if cfg.minutes is not None and not (isinstance(cfg.minutes, (int, float)) and not isinstance(cfg.minutes, bool)
-                                        and math.isfinite(cfg.minutes) and cfg.minutes > 0):
-        raise ValueError(f'minutes={cfg.minutes!r} must be a number > 0, or None for no time budget')
+    if cfg.minutes is not None: check_float(cfg.minutes, 'minutes', 0, low_open=True, fix='or None for no time budget')
     for name, low in (('n_steps', 0), ('eval_times', 1), ('eval_batch_size', 1), ('n_samples', 0), ('sample_steps', 1),
                       ('log_every', 1), ('ckpt_every', 1), ('data_seed', 0)): _check_count(cfg, name, low)
     _check_count(cfg, 'n_test', 2, none_ok=True)
     return cfg
 
 # %% ../nbs/11_train.ipynb #586c6576
-def make_schedule(cfg:TrainConfig, # the configuration
-                 ): # a vdm_nb.schedules object spanning [logsnr_min, logsnr_max]
-    "The noise schedule named by cfg.schedule"
-    lo, hi = cfg.logsnr_min, cfg.logsnr_max
-    if cfg.schedule == 'linear': return LinearSchedule(lo, hi)
-    if cfg.schedule == 'learned_linear': return LearnedLinearSchedule(lo, hi)
-    if cfg.schedule == 'learned_monotone': return LearnedMonotoneSchedule(lo, hi)
-    if cfg.schedule == 'adaptive': return AdaptiveSchedule(lo, hi)
-    raise ValueError(f'schedule={cfg.schedule!r} is unknown: use one of {SCHEDULES}')
-
 def make_model(cfg:TrainConfig, # the configuration
                in_channels:int, # channels of the images
               )->ScoreUNet: # a freshly initialised network
@@ -123,52 +113,16 @@ def make_model(cfg:TrainConfig, # the configuration
     return ScoreUNet(in_channels, cfg.channels, cfg.n_blocks, cfg.dropout, cfg.attention, fourier_range=cfg.fourier_range,
                      logsnr_range=(cfg.logsnr_min, cfg.logsnr_max), pred=cfg.pred, norm_groups=cfg.norm_groups)
 
-# %% ../nbs/11_train.ipynb #13637972
-class PrintCB(Callback):
-    "Print a progress line at every log row (main process only)"
-    order = 30
-    def __init__(self, file=None, # stream to print to; None: sys.stdout at the time of printing
-                ): self.file = file
-    def before_fit(self, learn): self.start = time.perf_counter()
-    def after_log(self, learn):
-        if not learn.accelerator.is_main_process: return
-        r = learn.record
-        print(f"step {r['step']:>7}/{learn.n_steps}  train {r['bpd']:.4f} bits/dim  {1000*r['sec_per_step']:.0f} ms/step  "
-              f"{time.perf_counter() - self.start:.0f} s", file=self.file or sys.stdout, flush=True)
-
-class TimeBudgetCB(Callback):
-    "End `fit` after the step at which `minutes` of wall time since `before_fit` have run out (all processes agree)"
-    order = 95                                                # after CheckpointCB (90): a checkpoint due at this step is written
-    def __init__(self, minutes:float, # the budget of the training loop
-                ):
-        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0:
-            raise ValueError(f'minutes={minutes!r} must be a number > 0')
-        self.minutes, self.stopped_at = float(minutes), None
-    def before_fit(self, learn): self.start, self.stopped_at = time.perf_counter(), None
-    def after_step(self, learn):
-        over, acc = time.perf_counter() - self.start >= 60*self.minutes, learn.accelerator
-        if acc.num_processes > 1:                            # one process stopping alone would hang the others
-            over = bool(acc.reduce(torch.tensor([float(over)], device=acc.device), 'max').item() > 0)
-        if over:
-            self.stopped_at = learn.step
-            raise CancelFitException()
-    def after_cancel_fit(self, learn): learn._log()          # the rows since the last log, as at a normal end
-
 # %% ../nbs/11_train.ipynb #a8ff8b51
 def check_batch_split(batch_size:int, # the global batch size
                       n_processes:int, # processes of the launch (WORLD_SIZE)
                      )->None:
     "Raise a ValueError unless the global batch splits evenly over the processes"
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f'batch_size={batch_size!r} must be an int >= 1')
+    check_int(batch_size, 'batch_size', 1)
     if batch_size % n_processes:
         lo = max(n_processes, batch_size//n_processes*n_processes)
         raise ValueError(f'batch_size={batch_size} cannot be split evenly over the {n_processes} processes of this launch: '
                          f'use a multiple of {n_processes} (e.g. {lo} or {lo + n_processes}), or launch {math.gcd(batch_size, n_processes)} process(es)')
-
-def _world_size()->int:
-    "Number of processes of this launch (torchrun and accelerate launch set WORLD_SIZE)"
-    return int(os.environ.get('WORLD_SIZE', '1'))
 
 _RESUMABLE = ('n_steps', 'minutes', 'device', 'data_root', 'mixed_precision', 'compile', 'eval_times', 'eval_batch_size',
               'n_test', 'n_samples', 'sample_steps', 'log_every', 'ckpt_every')   # may change when a run is resumed
@@ -178,18 +132,6 @@ def _config_diffs(saved:dict, cfg:TrainConfig)->list:
     mine = json.loads(json.dumps(asdict(cfg)))
     return [f'{k}: checkpoint {saved.get(k)!r}, this run {v!r}' for k, v in mine.items()
             if k not in _RESUMABLE and saved.get(k) != v]
-
-def _save_png(grid, # uint8 image (H, W) or (H, W, 3) from evaluate.image_grid
-              path, # file to write
-              min_width:int=256, # enlarge by an integer factor (nearest neighbour) to at least this width
-             )->Path:
-    "Write a uint8 grid as a PNG, enlarged so that small images stay visible"
-    from PIL import Image
-    img = Image.fromarray(grid.cpu().numpy())
-    k = max(1, -(-min_width//img.width))
-    img = img.resize((img.width*k, img.height*k), Image.NEAREST)
-    img.save(path)
-    return Path(path)
 
 def save_loss_curve(log_csv, # the Learner's log.csv (columns step, loss, bpd, ...)
                     path, # PNG file to write
@@ -225,7 +167,7 @@ def train(preset:str='digits', # a key of PRESETS
     wall0, cpu0 = time.perf_counter(), time.process_time()
     cfg = make_config(preset, **overrides)
     out = Path(out_dir)
-    check_batch_split(cfg.batch_size, _world_size())
+    refuse_unsupported_launch(); check_batch_split(cfg.batch_size, world_size())
     ckpts = [f for f in (out/'latest.pt', out/'previous.pt') if f.is_file()]
     if ckpts and not resume:
         raise FileExistsError(f'{out} already holds a run ({ckpts[0].name}): pass resume=True (--resume) to continue it, '
@@ -240,7 +182,7 @@ def train(preset:str='digits', # a key of PRESETS
     te = get_data(cfg.data, 'test', cfg.data_root, cfg.data_seed)
     V = tr.vocab_size
     torch.manual_seed(cfg.seed)                                         # the initialisation, the same in every process
-    net, schedule = make_model(cfg, tr.x.shape[1]), make_schedule(cfg)
+    net, schedule = make_model(cfg, tr.x.shape[1]), get_schedule(cfg.schedule, cfg.logsnr_min, cfg.logsnr_max)
     loss = VDMLoss(schedule, pred=cfg.pred, vocab_size=V, variance_min=cfg.variance_min)
     budget = TimeBudgetCB(cfg.minutes) if cfg.minutes is not None else None
     cbs = [CheckpointCB(cfg.ckpt_every), LogCB()] + ([] if quiet else [PrintCB()]) + ([budget] if budget else [])
@@ -269,14 +211,14 @@ def train(preset:str='digits', # a key of PRESETS
     if cfg.n_samples:
         g = torch.Generator(device=acc.device).manual_seed(cfg.seed)
         x = ancestral_sample(learn.ema_model, (cfg.n_samples, *tr.shape), schedule, cfg.sample_steps, generator=g, vocab_size=V)
-        _save_png(image_grid(x, nrow=math.ceil(math.sqrt(cfg.n_samples)), vocab_size=V), out/'samples.png')
+        save_grid(x, out/'samples.png', nrow=math.ceil(math.sqrt(cfg.n_samples)), vocab_size=V, min_width=256)
         files['samples'] = 'samples.png'
     steps_run = learn.step - start_step
     res = {'preset': preset, 'test_bpd': ev['bpd'], 'test_bpd_se': ev['se'],
            'test_terms_bpd': {k: ev[k] for k in ('prior', 'recon', 'diffusion')}, 'per_pixel_bpd': base,
            'n_test': len(test_x), 'eval_times': cfg.eval_times, 'steps': learn.step, 'steps_this_run': steps_run,
            'stopped_by_budget': budget is not None and budget.stopped_at is not None,
-           'train_seconds': train_s, 'sec_per_step': train_s/max(steps_run, 1), 'eval_seconds': eval_s,
+           'train_seconds': train_s, 'sec_per_step': train_s/max(steps_run, 1), 'eval_seconds': eval_s, 'precision': learn.precision,
            'wall_seconds': None, 'cpu_seconds': None, 'n_params': n_params(net), 'device': str(acc.device), 'processes': acc.num_processes,
            'logsnr_min': float(torch.as_tensor(schedule.logsnr_min).detach()), 'logsnr_max': float(torch.as_tensor(schedule.logsnr_max).detach()),
            'torch': torch.__version__, 'files': files, 'config': asdict(cfg)}
@@ -313,8 +255,8 @@ def _parser()->argparse.ArgumentParser:
     p.add_argument('--seed', type=int, help='seed of batches, noise and initialisation')
     p.add_argument('--resume', action='store_true', help='continue the run in --out')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='default: auto (CUDA when available)')
-    p.add_argument('--mixed-precision', choices=('no', 'bf16'), help='bf16 autocast for the network')
-    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help='torch.compile the network')
+    p.add_argument('--mixed-precision', choices=PRECISIONS, help='autocast of the network: bf16, fp16 (loss scaling) or auto')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help='torch.compile the whole objective')
     p.add_argument('--data-root', help='folder of the data files (Fashion-MNIST) or of the torchvision downloads')
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                    help='any other TrainConfig field, e.g. --set channels=32 --set "fourier_range=(3, 4)"')
@@ -331,7 +273,7 @@ def main(argv:list|None=None, # command-line arguments without the program name;
     try:
         overrides = _parse_set(args.set) | {k: v for k, v in named.items() if v is not None}
         train(args.preset, args.out or f'runs/{args.preset}', resume=args.resume, quiet=args.quiet, **overrides)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError) as err:
         print(f'vdm_nb_train: error: {err}', file=sys.stderr)
         return 2
     return 0
