@@ -2,11 +2,15 @@
 
 The network is the VDM paper's CIFAR-10 ScoreUNet (the `cifar10` preset of vdm_nb.train: 128 channels,
 32 blocks, no downsampling) trained by vdm_nb's Learner (AdamW, clipping, EMA) on random 8-bit images at batch
-128. For float32 eager, bf16 eager and bf16 + torch.compile it measures training images/s, the model FLOP
-utilisation (FLOPs of one forward + backward pass per image, counted by torch's FlopCounterMode, times
-images/s, over a bf16 matmul peak measured in the same run, and over the card's dense bf16 specification when
-known), and the peak memory (torch.cuda.max_memory_allocated). With --fmnist-minutes M it then trains the
-`fmnist` preset for M minutes and prints its test bits/dim.
+128. For float32 eager, bf16 eager, fp16 eager (dynamic loss scaling), bf16 with the network compiled and bf16
+with the whole objective compiled as one graph (schedule, diffusion, network and loss; `compile=True` of the
+Learner), it measures training images/s, the model FLOP utilisation (FLOPs of one forward + backward pass per
+image, counted by torch's FlopCounterMode, times images/s, over a bf16 matmul peak measured in the same run, and
+over the card's dense bf16 specification when known), the peak memory (torch.cuda.max_memory_allocated), the host
+syncs of one training step (vdm_nb.core.SyncCounter over 3 steps between log rows) and the graph breaks of the
+objective (torch._dynamo.explain). CUDA graphs are not used: the learning rate changes every warm-up step and the
+adaptive schedule's buffers change every step. With --fmnist-minutes M it then trains the `fmnist` preset for M
+minutes and prints its test bits/dim.
 
 Usage (from the repository root):
     python tools/bench_gpu.py                        # the table (about 2 minutes on an H100-class GPU)
@@ -26,13 +30,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))     # run from a checkout without installing
-from vdm_nb.learner import Learner                                   # noqa: E402
+from vdm_nb.core import SyncCounter                                  # noqa: E402
+from vdm_nb.learner import Learner, step_noise                       # noqa: E402
 from vdm_nb.losses import VDMLoss                                    # noqa: E402
 from vdm_nb.models import flops_per_example, n_params                # noqa: E402
-from vdm_nb.train import make_config, make_model, make_schedule, train   # noqa: E402
+from vdm_nb.schedules import get_schedule                            # noqa: E402
+from vdm_nb.train import make_config, make_model, train             # noqa: E402
 
-MODES = {'fp32': ('float32 eager', 'no', False), 'bf16': ('bf16 eager', 'bf16', False),
-         'bf16-compile': ('bf16 + compile', 'bf16', True)}
+MODES = {'fp32': ('float32 eager', 'no', None), 'bf16': ('bf16 eager', 'bf16', None), 'fp16': ('fp16 eager', 'fp16', None),
+         'bf16-net-compile': ('bf16, net compiled', 'bf16', 'network'),
+         'bf16-compile': ('bf16, all compiled', 'bf16', 'objective')}       # (label, mixed_precision, what is compiled)
 SPEC_BF16_TFLOPS = {'H200': 989.4, 'H100 SXM': 989.4, 'H100 80GB HBM3': 989.4, 'H100 PCIe': 756.0, 'H100 NVL': 835.0,
                     'A100': 312.0, 'L40S': 362.1, 'L4': 121.0}     # dense (no sparsity) bf16 tensor-core peaks
 
@@ -67,12 +74,13 @@ def count_flops(cfg, shape: tuple) -> float:
 
 def bench_mode(mode: str, cfg, data: torch.Tensor, batch_size: int, warmup: int, steps: int, device: torch.device) -> dict:
     "Train fresh copies of the network with vdm_nb's Learner: `warmup` untimed steps (compilation), then `steps` timed ones"
-    _, precision, compile_ = MODES[mode]
-    torch.manual_seed(0)
+    _, precision, compiled = MODES[mode]
+    torch._dynamo.reset(); torch.manual_seed(0)
     net = make_model(cfg, data.shape[1])
-    loss = VDMLoss(make_schedule(cfg), pred=cfg.pred, vocab_size=256)
-    learn = Learner(net, loss, data, batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-                    grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, mixed_precision=precision, compile=compile_,
+    loss = VDMLoss(get_schedule(cfg.schedule, cfg.logsnr_min, cfg.logsnr_max), pred=cfg.pred, vocab_size=256)
+    learn = Learner(torch.compile(net) if compiled == 'network' else net, loss, data, batch_size, lr=cfg.lr,
+                    weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
+                    ema_decay=cfg.ema_decay, mixed_precision=precision, compile=compiled == 'objective',
                     cpu=device.type == 'cpu', log_every=10**9)
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     learn.fit(warmup)
@@ -83,10 +91,17 @@ def bench_mode(mode: str, cfg, data: torch.Tensor, batch_size: int, warmup: int,
     if not all(math.isfinite(v) for v in losses): raise FloatingPointError(f'{mode}: non-finite training loss {losses}')
     out = {'img_s': batch_size*steps/dt, 'ms_step': 1000*dt/steps, 'loss': sum(losses)/len(losses),
            'peak_gib': torch.cuda.max_memory_allocated(device)/2**30 if device.type == 'cuda' else None,
-           'n_params': n_params(net)}
+           'n_params': n_params(net), 'skipped': sum(learn.history['skipped'])}
+    if compiled is None:                          # a dispatch mode cannot run inside compiled code: count the eager step
+        with SyncCounter() as c: learn.fit(learn.step + 3)              # three steps between two log rows
+        out['syncs'] = c.count/3
+    obj = getattr(learn.objective, '_orig_mod', learn.objective)
+    t, eps, eps_0 = step_noise(0, 8, tuple(data.shape[1:]), 0, recon=True, device=device)
+    torch._dynamo.reset()
+    out['breaks'] = torch._dynamo.explain(obj)(learn.data[:8], t, eps, eps_0).graph_break_count
     del learn, net, loss
     gc.collect()
-    if compile_: torch._dynamo.reset()
+    torch._dynamo.reset()
     if device.type == 'cuda': torch.cuda.empty_cache()
     return out
 
@@ -101,7 +116,7 @@ def main(argv=None) -> int:
     p.add_argument('--batch-size', type=int, default=128, help='global batch size (default 128, as in VDM)')
     p.add_argument('--steps', type=int, default=20, help='timed training steps per mode')
     p.add_argument('--warmup', type=int, default=5, help='untimed steps per mode before timing (they include compilation)')
-    p.add_argument('--modes', default='fp32,bf16,bf16-compile', help=f'comma-separated, from {",".join(MODES)}')
+    p.add_argument('--modes', default=','.join(MODES), help=f'comma-separated, from {",".join(MODES)}')
     p.add_argument('--matmul-size', type=int, default=8192, help='n of the n x n x n bf16 matmul that measures the peak')
     p.add_argument('--spec-tflops', type=float, help='dense bf16 peak of the card in TFLOP/s (default: from a table of known GPUs)')
     p.add_argument('--fmnist-minutes', type=float, help='then train the fmnist preset for this many minutes and print its test bits/dim')
@@ -140,13 +155,18 @@ def main(argv=None) -> int:
           f'images {shape}, batch {a.batch_size}; {flops/1e9:.4g} GFLOP per image (forward + backward)')
     print(f'peak: measured {a.matmul_size}^3 matmul bf16 {peak_bf16:.4g} TFLOP/s, float32 {peak_fp32:.4g} TFLOP/s; '
           f"dense bf16 spec {fmt(spec, '.1f')} TFLOP/s; MFU = model FLOP/s over the bf16 peak; {a.steps} timed steps after {a.warmup}")
-    head = f"{'mode':<16}{'img/s':>10}{'ms/step':>10}{'TFLOP/s':>10}{'MFU meas.':>11}{'MFU spec':>10}{'peak GiB':>10}{'bits/dim':>10}"
+    head = (f"{'mode':<20}{'img/s':>9}{'vs fp32':>8}{'ms/step':>9}{'TFLOP/s':>9}{'MFU meas.':>10}{'MFU spec':>9}"
+            f"{'peak GiB':>9}{'bits/dim':>9}{'syncs':>6}{'breaks':>7}{'skipped':>8}")
     print(head); print('-'*len(head))
+    base = rows[modes[0]]['img_s']
     for m in modes:
         r = rows[m]
         tf = flops*r['img_s']/1e12
-        print(f"{MODES[m][0]:<16}{r['img_s']:>10.1f}{r['ms_step']:>10.1f}{tf:>10.4g}{tf/peak_bf16:>11.1%}"
-              f"{fmt(tf/spec if spec else None, '.1%'):>10}{fmt(r['peak_gib'], '.2f'):>10}{r['loss']/(math.prod(shape)*math.log(2)):>10.3f}")
+        print(f"{MODES[m][0]:<20}{r['img_s']:>9.1f}{r['img_s']/base:>7.2f}x{r['ms_step']:>9.1f} {tf:>8.3g}{tf/peak_bf16:>10.1%}"
+              f"{fmt(tf/spec if spec else None, '.1%'):>9}{fmt(r['peak_gib'], '.2f'):>9}{r['loss']/(math.prod(shape)*math.log(2)):>9.3f}"
+              f"{fmt(r.get('syncs'), '.0f', '-'):>6}{r['breaks']:>7d}{r['skipped']:>8d}")
+    print(f'syncs: host syncs per training step (counted on the eager modes); breaks: graph breaks of the objective; '
+          f'skipped: fp16 steps skipped by the loss scaler; "vs fp32": images/s over those of {MODES[modes[0]][0]}')
 
     if a.fmnist_minutes is not None:
         if not a.fmnist_minutes > 0: p.error('--fmnist-minutes must be > 0')

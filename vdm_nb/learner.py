@@ -100,7 +100,7 @@ def ema_update(ema_model:nn.Module, # the average, updated in place
     if ema_p: torch._foreach_lerp_(ema_p, p, 1 - decay)                  # ema += (1 - d)(p - ema), fused
     for be, b in zip(ema_model.buffers(), model.buffers()): be.copy_(b)
 
-# %% ../nbs/09_learner.ipynb #cb2e79ac
+# %% ../nbs/09_learner.ipynb #271c8825
 PRECISIONS = ('no', 'bf16', 'fp16', 'auto')
 _AMP = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -113,7 +113,7 @@ def resolve_precision(mixed_precision:str, # one of PRECISIONS
     if device.type != 'cuda': return 'no'
     return 'bf16' if torch.cuda.is_bf16_supported(including_emulation=False) else 'fp16'
 
-# %% ../nbs/09_learner.ipynb #9862c870
+# %% ../nbs/09_learner.ipynb #3fb91d3d
 class Objective(nn.Module):
     "Network and loss in one module: what data parallelism wraps and `compile=True` compiles, batch to loss terms"
     def __init__(self, net:nn.Module, # the network, net(z, logsnr)
@@ -136,7 +136,7 @@ class Objective(nn.Module):
         "The loss terms of a micro-batch with every random number given"
         return self.loss(self.model, data, t=t, eps=eps, eps_0=eps_0, adapt=False)
 
-# %% ../nbs/09_learner.ipynb #6d533e13
+# %% ../nbs/09_learner.ipynb #b796a07f
 def _check_data(data, loss:VDMLoss)->Tensor:
     "The training tensor, validated once against the loss (values included: the only host syncs of training data)"
     if not torch.is_tensor(data) and torch.is_tensor(getattr(data, 'x', None)):     # e.g. a vdm_nb.data.DataSplit
@@ -205,7 +205,7 @@ class Learner:
         self.history = {k: [] for k in ('step', 'loss', 'grad_norm', 'lr', 'skipped')}
         self._pending, self._logged, self._log_time, self.record, self.last_eval = [], 0, time.perf_counter(), None, None
 
-# %% ../nbs/09_learner.ipynb #f96d6628
+# %% ../nbs/09_learner.ipynb #d704588f
 @patch
 def _prepare(self:Learner, model, loss, mixed_precision, compile, channels_last, deterministic, cpu, accelerator):
     "The Accelerator, the optimiser, the prepared objective, the loss scaler, the EMA and the LR schedule"
@@ -235,7 +235,8 @@ def _prepare(self:Learner, model, loss, mixed_precision, compile, channels_last,
     if self.sharded:
         dist.broadcast_module(objective.to(acc.device), P)                # DDP does this in prepare, fully_shard does not
         self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()   # whole weights, before sharding
-    self.objective, self.opt = acc.prepare(torch.compile(objective, fullgraph=True) if compile else objective, opt)
+    self.objective, prepared = acc.prepare(torch.compile(objective, fullgraph=True) if compile else objective, opt)
+    self.opt = prepared.optimizer                                        # stepped here, not by accelerate's wrapper
     self.params = [p for p in self.objective.parameters() if p.requires_grad]    # model order, then the loss's
     self._replicated = [p for p in loss.parameters() if p.requires_grad] if self.sharded else []
     w = self.warmup_steps
@@ -246,7 +247,7 @@ def _prepare(self:Learner, model, loss, mixed_precision, compile, channels_last,
     self._ema_at = 0                                                      # step at which ema_model was last made current
     self._adaptive = loss.adapt and not loss.n_steps and callable(getattr(loss.schedule, 'update', None))
 
-# %% ../nbs/09_learner.ipynb #8da9f434
+# %% ../nbs/09_learner.ipynb #cfb94c77
 @patch
 def __repr__(self:Learner):
     return (f'Learner({dist.class_name(self.model)}, step={self.step}, batch_size={self.batch_size}, processes='
@@ -273,7 +274,7 @@ def resume(self:Learner, path_or_dir): return checkpoint.resume(self, path_or_di
 @patch
 def _rank_seed(self:Learner, step:int)->int: return mix_seed(self.seed, 'rng', step, self.accelerator.process_index) % 2**32
 
-# %% ../nbs/09_learner.ipynb #a32415e1
+# %% ../nbs/09_learner.ipynb #1439befc
 @patch
 def _indices(self:Learner, k:int)->Tensor:
     "Global batch indices of step k, on the data's device (the epoch's permutation is cached)"
@@ -316,14 +317,14 @@ def _one_step(self:Learner)->None:
 def _update(self:Learner)->Tensor: # the gradient norm before clipping (a 0-d tensor on the device)
     "Average, unscale, clip and step (the step is skipped by the scaler when fp16 gradients overflowed)"
     dist.average_gradients_(self._replicated, self.accelerator.num_processes)
-    opt = self.opt.optimizer
+    opt = self.opt
     self.scaler.unscale_(opt)
     norm = dist.full(self.accelerator.clip_grad_norm_(self.params, self.grad_clip or math.inf))
     self.scaler.step(opt); self.scaler.update()
     opt.zero_grad(set_to_none=True)
     return norm
 
-# %% ../nbs/09_learner.ipynb #367313a0
+# %% ../nbs/09_learner.ipynb #2c1e3179
 @patch
 def _pull(self:Learner)->None:
     "Copy the per-step values pending on the device to self.history (one host sync); stop at a non-finite loss"
@@ -359,7 +360,7 @@ def _log(self:Learner)->None:
     self._logged, self._log_time = len(h['step']), now
     self.callback('after_log')
 
-# %% ../nbs/09_learner.ipynb #b7aeed03
+# %% ../nbs/09_learner.ipynb #7324ab10
 @patch
 def _with_cbs(self:Learner, name:str, fn)->None:
     "Run fn() between before_/after_ events; its cancel exception fires after_cancel_; cleanup_ always runs (miniai)"
@@ -391,7 +392,7 @@ def _steps(self:Learner)->None:
         k = self.step
         self._with_cbs('step', self._one_step)
         if self.step == k:                                       # cancelled: drop its gradients, keep the numbering
-            self.opt.optimizer.zero_grad(set_to_none=True); self.sched.step(); self.step = k + 1
+            self.opt.zero_grad(set_to_none=True); self.sched.step(); self.step = k + 1
         if self.step % self.log_every == 0 or self.step == self.n_steps: self._log()
     self.sync_ema()                                              # ema_model is current when fit returns
 
@@ -405,7 +406,7 @@ def sync_ema(self:Learner)->nn.Module: # the EMA model, with the current EMA wei
     self._ema_at = self.step
     return self.ema_model
 
-# %% ../nbs/09_learner.ipynb #3c936a1b
+# %% ../nbs/09_learner.ipynb #c07f15c9
 @patch
 @contextlib.contextmanager
 def eval_mode(self:Learner, ema:bool=True, # the EMA weights (True) or the trained weights
@@ -424,7 +425,7 @@ def eval_mode(self:Learner, ema:bool=True, # the EMA weights (True) or the train
         with torch.no_grad(): yield m
     finally: m.train(was)
 
-# %% ../nbs/09_learner.ipynb #d856d2b6
+# %% ../nbs/09_learner.ipynb #5113878e
 @patch
 def eval_loss(self:Learner,
               data=None, # examples (N, ...) like the training data; default: the training data

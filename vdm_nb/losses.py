@@ -205,7 +205,7 @@ def _check_decreasing(schedule:Schedule)->None:
         raise ValueError(f'{type(schedule).__name__}.logsnr(t) must be finite and strictly decreasing with dlogsnr_dt(t) < 0 '
                          'on [0, 1]: fix the schedule')
 
-# %% ../nbs/04_losses.ipynb #50e6e6fb
+# %% ../nbs/04_losses.ipynb #1ed6d78e
 @patch
 def _check_kind(self:VDMLoss, data:Tensor)->Tensor:
     "Shape and dtype of a batch against the loss's settings (free: no value is looked at)"
@@ -227,7 +227,7 @@ def validate(self:VDMLoss, data:Tensor, # a batch or a whole data set (N, ...)
     check_logsnr_range(lo, hi, dtype)
     return data
 
-# %% ../nbs/04_losses.ipynb #21e00e8f
+# %% ../nbs/04_losses.ipynb #022183d0
 @patch
 def forward(self:VDMLoss,
             model, # model(z, logsnr) -> prediction of kind `pred`, shape of z
@@ -274,7 +274,7 @@ def forward(self:VDMLoss,
     if (self.adapt and self.training) if adapt is None else adapt: self.adapt_schedule(t, terms)
     return terms
 
-# %% ../nbs/04_losses.ipynb #52b65418
+# %% ../nbs/04_losses.ipynb #d2dd5542
 @patch
 def _prior_recon(self:VDMLoss, k:Tensor, x:Tensor, eps_0:Tensor|None, generator)->dict:
     "The prior and reconstruction terms at the schedule's endpoints, for integer data k encoded as x"

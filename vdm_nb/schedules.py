@@ -68,7 +68,7 @@ class Schedule(nn.Module):
         "Time derivative of the log-SNR"
         return self._dlogsnr_dt(_check_t(t, check))
 
-# %% ../nbs/02_schedules.ipynb #e11284f7
+# %% ../nbs/02_schedules.ipynb #527999d6
 @patch
 def t_of_logsnr(self:Schedule, logsnr:Tensor, # log-SNRs in [logsnr_min, logsnr_max] (up to rounding)
                )->Tensor: # t with lambda(t) = logsnr
@@ -104,7 +104,7 @@ def _check_logsnr(self:Schedule, logsnr) -> Tensor:
                          f"got {l[bad].flatten()[:4].tolist()}; clamp it or use a schedule with a wider range")
     return torch.minimum(torch.maximum(l, lo), hi)
 
-# %% ../nbs/02_schedules.ipynb #5c8ab56c
+# %% ../nbs/02_schedules.ipynb #53cb2579
 @patch
 def _dlogsnr_dt(self:Schedule, t:Tensor)->Tensor:
     "Generic derivative by autograd, with create_graph so that it can be trained through"
@@ -547,7 +547,7 @@ class AdaptiveSchedule(PiecewiseLinearSchedule):
         tk = torch.cat([torch.zeros_like(self.t_knots[:1]), torch.cumsum(self.probs().flip(0), 0)])
         self.t_knots.copy_(torch.cat([tk[:-1], torch.ones_like(tk[-1:])]))         # exactly 1 at the end
 
-# %% ../nbs/02_schedules.ipynb #7153e0bd
+# %% ../nbs/02_schedules.ipynb #60e2306d
 SCHEDULES = {'linear': LinearSchedule, 'cosine': CosineSchedule, 'shifted-cosine': ShiftedCosineSchedule,
              'edm-training': EDMTrainingSchedule, 'edm-sampling': EDMSamplingSchedule,
              'flow-matching': FlowMatchingSchedule, 'ddpm-linear': DDPMSchedule, 'ddpm-cosine': DDPMSchedule,
