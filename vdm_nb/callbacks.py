@@ -86,7 +86,8 @@ class ProgressCB(Callback):
         self.bar = tqdm(total=learn.n_steps, initial=learn.step, disable=not learn.accelerator.is_main_process,
                         dynamic_ncols=True, leave=True)
     def after_step(self, learn): self.bar.update(1)
-    def after_log(self, learn): self.bar.set_postfix(loss=f"{learn.record['loss']:.4g}", bpd=f"{learn.record['bpd']:.4g}")
+    def after_log(self, learn): self.bar.set_postfix(loss=f"{learn.record['loss']:.4g}",
+                                                     bpd=f"{learn.record['bpd']:.4g}")
     def after_eval(self, learn): self.bar.write(' '.join(f'{k}={v:.5g}' for k, v in learn.last_eval.items()))
     def cleanup_fit(self, learn):
         if self.bar is not None: self.bar.close()
@@ -101,7 +102,8 @@ class PrintCB(Callback):
         if not learn.accelerator.is_main_process: return
         r = learn.record
         skipped = f"  {r['skipped']:.0f} skipped" if r['skipped'] else ''
-        print(f"step {r['step']:>7}/{learn.n_steps}  train {r['bpd']:.4f} bits/dim  {1000*r['sec_per_step']:.0f} ms/step  "
+        print(f"step {r['step']:>7}/{learn.n_steps}  train {r['bpd']:.4f} bits/dim  "
+              f"{1000*r['sec_per_step']:.0f} ms/step  "
               f"{time.perf_counter() - self.start:.0f} s{skipped}", file=self.file or sys.stdout, flush=True)
 
 class TensorBoardCB(Callback):
@@ -114,7 +116,8 @@ class TensorBoardCB(Callback):
         self.log_dir, self.writer = log_dir, None
     def before_fit(self, learn):
         if not learn.accelerator.is_main_process: return
-        if self.log_dir is None and learn.out_dir is None: raise ValueError('TensorBoardCB needs log_dir or Learner(out_dir=...)')
+        if self.log_dir is None and learn.out_dir is None: raise ValueError('TensorBoardCB needs log_dir or '
+                'Learner(out_dir=...)')
         from torch.utils.tensorboard import SummaryWriter                 # lazy: tensorboard is optional
         self.writer = SummaryWriter(str(self.log_dir or learn.out_dir/'tb'), purge_step=learn.step)
     def after_log(self, learn):
@@ -146,7 +149,8 @@ class EvalCB(Callback):
         learn.sync_ema()                                                  # on every process (FSDP gathers)
         if self.main_only and not learn.accelerator.is_main_process: return
         res = self.eval_fn(learn)
-        if not isinstance(res, dict): raise TypeError(f'eval_fn must return a dict of numbers, got {type(res).__name__}')
+        if not isinstance(res, dict):
+            raise TypeError(f'eval_fn must return a dict of numbers, got {type(res).__name__}')
         learn.last_eval = {'step': learn.step, **{k: float(v) for k, v in res.items()}}
         learn.evals.append(learn.last_eval)
         learn.callback('after_eval')
@@ -173,9 +177,10 @@ class SampleCB(Callback):
                  at_end:bool=True, # also sample at the end of fit
                 ):
         check_int(every, 'every', 1)
-        if not callable(sample_fn): raise TypeError('sample_fn must be callable: sample_fn(model, generator) -> samples')
-        self.every, self.sample_fn, self.seed, self.at_end, self.paths, self.last = every, sample_fn, seed, at_end, [], None
-        self._done = None
+        if not callable(sample_fn):
+            raise TypeError('sample_fn must be callable: sample_fn(model, generator) -> samples')
+        self.every, self.sample_fn, self.seed, self.at_end = every, sample_fn, seed, at_end
+        self.paths, self.last, self._done = [], None, None
     def before_fit(self, learn):
         if learn.out_dir is None: raise ValueError('SampleCB writes to Learner(out_dir=...): pass an out_dir')
     def _sample(self, learn):
@@ -208,7 +213,8 @@ class CheckpointCB(Callback):
 
 class TimeBudgetCB(Callback):
     "End `fit` once `minutes` of wall time since `before_fit` have run out (several processes agree at log steps)"
-    order = CheckpointCB.order + 5                            # after CheckpointCB: a checkpoint due at this step is written
+    # after CheckpointCB: a checkpoint due at this step is written
+    order = CheckpointCB.order + 5
     def __init__(self, minutes:float, # the budget of the training loop
                 ): self.minutes, self.stopped_at = check_float(minutes, 'minutes', 0, low_open=True), None
     def before_fit(self, learn): self.start, self.stopped_at = time.perf_counter(), None
@@ -218,8 +224,9 @@ class TimeBudgetCB(Callback):
         raise CancelFitException()
     def after_step(self, learn):                              # one process: the host's clock, no sync
         if learn.accelerator.num_processes == 1 and self._over(): self._stop(learn)
-    def after_log(self, learn):                               # several: one process stopping alone would hang the others
+    # several: one process stopping alone would hang the others
+    def after_log(self, learn):
         acc = learn.accelerator
-        if acc.num_processes > 1 and acc.reduce(torch.tensor([float(self._over())], device=acc.device), 'max').item() > 0:
-            self._stop(learn)
+        if acc.num_processes == 1: return
+        if acc.reduce(torch.tensor([float(self._over())], device=acc.device), 'max').item() > 0: self._stop(learn)
     def after_cancel_fit(self, learn): learn._log()          # the rows since the last log, as at a normal end

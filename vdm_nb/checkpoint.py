@@ -66,18 +66,22 @@ def set_rng_state(st:dict)->None:
     if 'cuda' in st and torch.cuda.is_available() and len(st['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(st['cuda'])
 
-def _shapes(m:nn.Module)->dict: return {k: (tuple(v.shape), str(v.dtype)) for k, v in m.state_dict().items()}   # whole shapes
+# whole shapes
+def _shapes(m:nn.Module)->dict: return {k: (tuple(v.shape), str(v.dtype)) for k, v in m.state_dict().items()}
 
 def fingerprint(learn, # a Learner
                )->dict: # configuration items that a checkpoint must match
     "What a resumed run must share with the run that wrote the checkpoint"
     loss, s = learn.loss_func, learn.loss_func.schedule
-    learned = any(True for _ in s.parameters())                      # a learned schedule's repr shows its current values
+    # a learned schedule's repr shows its current values
+    learned = any(True for _ in s.parameters())
     return {'model': class_name(learn.model), 'model_state': _shapes(learn.model),
             'loss': f'{type(loss).__name__}({loss.extra_repr()}, sigma_data={loss.sigma_data})',
             'schedule': type(s).__name__ + ('' if learned else f'({s.extra_repr()})'), 'loss_state': _shapes(loss),
-            'data': (tuple(learn.data.shape), str(learn.data.dtype)), 'batch_size': learn.batch_size, 'seed': learn.seed,
-            'optimizer': (learn.lr, learn.betas, learn.weight_decay, learn.warmup_steps, learn.grad_clip, learn.ema_decay)}
+            'data': (tuple(learn.data.shape), str(learn.data.dtype)), 'batch_size': learn.batch_size,
+            'seed': learn.seed,
+            'optimizer': (learn.lr, learn.betas, learn.weight_decay, learn.warmup_steps, learn.grad_clip,
+                          learn.ema_decay)}
 
 # %% ../nbs/14_checkpoint.ipynb #397b1bbc
 def _check_finite_weights(learn)->None:
@@ -103,7 +107,8 @@ def save_checkpoint(learn, # a Learner
     opt = {**opt, 'state': {i: {k: full(v) for k, v in s.items()} for i, s in opt['state'].items()}}
     if acc.is_main_process:
         state = {'format': FORMAT, 'fingerprint': fingerprint(learn), 'step': learn.step, 'model': model, 'ema': ema,
-                 'loss': loss, 'optimizer': opt, 'scheduler': learn.sched.state_dict(), 'scaler': learn.scaler.state_dict(),
+                 'loss': loss, 'optimizer': opt, 'scheduler': learn.sched.state_dict(),
+                 'scaler': learn.scaler.state_dict(),
                  'num_processes': acc.num_processes, 'rng': rngs}
         atomic_save(state, path, previous=path.with_name('previous.pt') if path.name == 'latest.pt' else None)
     acc.wait_for_everyone()
@@ -116,10 +121,13 @@ class UnreadableCheckpoint(ValueError): "A checkpoint file that cannot be read (
 def _read(path:Path, learn)->dict:
     "The checkpoint at `path`, checked readable and of this run's configuration"
     if not path.is_file():
-        raise FileNotFoundError(f'no checkpoint file at {path}: pass a file written by save_checkpoint (or a folder to resume())')
+        raise FileNotFoundError(f'no checkpoint file at {path}: pass a file written by save_checkpoint (or a '
+                                f'folder to resume())')
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err: raise UnreadableCheckpoint(f'{path} is not a readable checkpoint ({type(err).__name__}: {err})') from None
-    if not isinstance(ck, dict) or ck.get('format') != FORMAT: raise UnreadableCheckpoint(f'{path} is not a {FORMAT} checkpoint')
+    except Exception as err: raise UnreadableCheckpoint(f'{path} is not a readable checkpoint '
+                                                        f'({type(err).__name__}: {err})') from None
+    if not isinstance(ck, dict) or ck.get('format') != FORMAT: raise UnreadableCheckpoint(f'{path} is not a '
+            f'{FORMAT} checkpoint')
     mine, theirs, diffs = fingerprint(learn), ck['fingerprint'], []
     for key in mine:
         a, b = theirs.get(key), mine[key]
@@ -154,7 +162,8 @@ def load_checkpoint(learn, # a Learner
     if learn.scaler.is_enabled() and ck['scaler']: learn.scaler.load_state_dict(ck['scaler'])
     if ck['num_processes'] == acc.num_processes: set_rng_state(ck['rng'][acc.process_index])
     else:
-        warnings.warn(f"{path} was written by {ck['num_processes']} process(es), this run has {acc.num_processes}: batches "
+        warnings.warn(f"{path} was written by {ck['num_processes']} process(es), this run has "
+                      f"{acc.num_processes}: batches "
                       'and noise are unchanged, but the global generators (dropout) restart from (seed, step, rank)')
         set_seed(learn._rank_seed(ck['step']))
     learn.step = learn.saved_step = learn._ema_at = ck['step']
@@ -169,7 +178,8 @@ def resume(learn, # a Learner
     if not p.is_dir(): return load_checkpoint(learn, p)
     found = [f for f in (p/'latest.pt', p/'previous.pt') if f.is_file()]
     if not found:
-        raise FileNotFoundError(f'no checkpoint in {p}: expected latest.pt or previous.pt (written by save_checkpoint or CheckpointCB)')
+        raise FileNotFoundError(f'no checkpoint in {p}: expected latest.pt or previous.pt (written by save_checkpoint '
+                                f'or CheckpointCB)')
     for i, f in enumerate(found):
         try: return load_checkpoint(learn, f)
         except UnreadableCheckpoint as err:

@@ -84,10 +84,12 @@ def check_logsnr_range(logsnr_min, # lambda_min, the noisy end
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f'logsnr_min={logsnr_min!r} and logsnr_max={logsnr_max!r} must be numbers.') from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f'need finite logsnr_min < logsnr_max, got logsnr_min={lo:g}, logsnr_max={hi:g}: swap or fix them.')
+        raise ValueError(f'need finite logsnr_min < logsnr_max, got logsnr_min={lo:g}, logsnr_max={hi:g}: '
+                         f'swap or fix them.')
     if dtype is not None and max(-lo, hi) > max_logsnr(dtype):
         raise ValueError(f'logsnr range [{lo:g}, {hi:g}] reaches beyond +-{max_logsnr(dtype):.1f}, where exp(|lambda|) '
-                         f'overflows {dtype}: use |lambda| <= {max_logsnr(dtype):.0f} (10 to 20 suffices for 8-bit data).')
+                         f'overflows {dtype}: use |lambda| <= {max_logsnr(dtype):.0f} (10 to 20 suffices '
+                         f'for 8-bit data).')
     return lo, hi
 
 # %% ../nbs/00_core.ipynb #220a921d
@@ -114,7 +116,8 @@ def check_vocab(k:Tensor, # data that should hold integers in {0, ..., V-1}
     if k.numel():
         lo, hi = (int(v) for v in torch.aminmax(k))
         if lo < 0 or hi > vocab_size - 1:
-            raise ValueError(f'data outside the vocabulary: values span [{lo}, {hi}] but vocab_size={vocab_size} allows '
+            raise ValueError(f'data outside the vocabulary: values span [{lo}, {hi}] but '
+                             f'vocab_size={vocab_size} allows '
                              f'0..{vocab_size - 1}; pass the right vocab_size or rescale the data')
     return k
 

@@ -29,15 +29,18 @@ class DataSplit:
                  classes:tuple|None=None, # names of the labels 0, 1, ..., when known
                 ):
         if not isinstance(x, Tensor): raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim < 2 or x.shape[0] < 1: raise ValueError(f"x has shape {tuple(x.shape)}: pass (N, D) or (N, C, H, W) with N >= 1")
+        if x.ndim < 2 or x.shape[0] < 1: raise ValueError(f"x has shape {tuple(x.shape)}: pass (N, D) or (N, C, "
+                                                          f"H, W) with N >= 1")
         if vocab_size is None:
             if not x.is_floating_point():
-                raise ValueError(f"x has dtype {x.dtype} but vocab_size is None: pass vocab_size=V for integer data, or float data")
+                raise ValueError(f"x has dtype {x.dtype} but vocab_size is None: pass vocab_size=V for integer "
+                                 f"data, or float data")
             if not bool(torch.isfinite(x).all()): raise ValueError("x has NaN or infinite values")
         else:
             vocab_size = check_int(vocab_size, 'vocab_size', 2, fix='(17 for digits, 256 for 8-bit images)')
             if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
-                raise ValueError(f"x has dtype {x.dtype} but vocab_size={vocab_size}: pass integers (uint8 or int64) in 0..{vocab_size - 1}")
+                raise ValueError(f"x has dtype {x.dtype} but vocab_size={vocab_size}: pass integers (uint8 or int64) "
+                                 f"in 0..{vocab_size - 1}")
             lo, hi = int(x.min()), int(x.max())
             if lo < 0 or hi > vocab_size - 1:
                 raise ValueError(f"x spans {lo}..{hi}, outside 0..{vocab_size - 1} allowed by vocab_size={vocab_size}")
@@ -61,7 +64,8 @@ class DataSplit:
     def subset(self, idx:Tensor|slice, # indices, a boolean mask or a slice of the examples
               )->DataSplit: # the chosen examples, with the same vocabulary, names and classes
         "The examples `idx` as a new DataSplit"
-        return DataSplit(self.x[idx], None if self.y is None else self.y[idx], self.vocab_size, self.name, self.split, self.classes)
+        return DataSplit(self.x[idx], None if self.y is None else self.y[idx], self.vocab_size, self.name, self.split,
+                         self.classes)
 
     def __len__(self): return self.x.shape[0]
 
@@ -97,15 +101,18 @@ def load_digits(split:str='train', # 'train', 'test' or 'all' (all 1,797 in scik
     d = sk_digits()
     x = torch.as_tensor(d.images)
     if not bool((x == x.round()).all() & (x >= 0).all() & (x <= 16).all()):
-        raise ValueError("scikit-learn's digits are not integers in 0..16: this version of scikit-learn is not supported")
-    ds = DataSplit(x.to(torch.uint8)[:, None], torch.as_tensor(d.target, dtype=torch.long), 17, 'digits', split, DIGITS_CLASSES)
+        raise ValueError("scikit-learn's digits are not integers in 0..16: this version of scikit-learn "
+                         "is not supported")
+    ds = DataSplit(x.to(torch.uint8)[:, None], torch.as_tensor(d.target, dtype=torch.long), 17, 'digits', split,
+                   DIGITS_CLASSES)
     return ds if split == 'all' else ds.subset(split_indices(len(ds), test_size, seed)[split == 'test'])
 
 # %% ../nbs/07_data.ipynb #87a0c4c0
 def show_images(x:Tensor|DataSplit, # images (N, C, H, W) or (N, H, W), C in {1, 3}; or a DataSplit
                 nrow:int=8, # images per row
                 labels:Tensor|list|None=None, # one label per image (ints or strings), shown above it
-                vocab_size:int|None=None, # V of integer data (default: 256 for uint8, else max + 1); floats are read as [-1, 1]
+                # V of integer data (default: 256 for uint8, else max + 1); floats are read as [-1, 1]
+                vocab_size:int|None=None,
                 classes:tuple|None=None, # names of integer labels
                 n:int|None=None, # show only the first n images
                 size:float=1.0, # inches per image
@@ -119,7 +126,8 @@ def show_images(x:Tensor|DataSplit, # images (N, C, H, W) or (N, H, W), C in {1,
         vocab_size = vocab_size or x.vocab_size; classes = classes or x.classes; x = x.x
     x = torch.as_tensor(x).detach().cpu()
     if x.ndim == 3: x = x[:, None]
-    if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f"x has shape {tuple(x.shape)}: pass (N, C, H, W) with C = 1 or 3, or (N, H, W)")
+    if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f"x has shape {tuple(x.shape)}: pass (N, C, H, W) "
+                                                                 f"with C = 1 or 3, or (N, H, W)")
     if n is not None: x = x[:check_int(n, 'n', 1)]
     if len(x) > 400: raise ValueError(f"{len(x)} images are too many for one figure: pass n=64 or x[:64]")
     nrow = check_int(nrow, 'nrow', 1)
@@ -163,33 +171,39 @@ def read_idx(path:str|Path, # an IDX file, plain or gzip-compressed
         try: raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise ValueError(f"IDX file {path}: corrupt or truncated gzip stream ({e}); download it again") from None
-    if len(raw) < 4: raise ValueError(f"IDX file {path} is truncated: {len(raw)} bytes, fewer than the 4 of the magic number")
+    if len(raw) < 4: raise ValueError(f"IDX file {path} is truncated: {len(raw)} bytes, fewer than the 4 of "
+                                      f"the magic number")
     if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"IDX file {path} has a wrong magic number {raw[:4].hex(' ')}: expected 00 00, a type code in "
                          f"{[hex(c) for c in _IDX_TYPES]}, the number of dimensions")
     dtype, size = _IDX_TYPES[raw[2]]
     ndim, head = raw[3], 4 + 4*raw[3]
-    if len(raw) < head: raise ValueError(f"IDX file {path} is truncated: its header announces {ndim} sizes but holds {(len(raw) - 4)//4}")
+    if len(raw) < head: raise ValueError(f"IDX file {path} is truncated: its header announces {ndim} sizes but holds "
+                                         f"{(len(raw) - 4)//4}")
     dims = struct.unpack(f'>{ndim}I', raw[4:head])
     n_bytes = math.prod(dims)*size
     if len(raw) - head < n_bytes:
-        raise ValueError(f"IDX file {path} is truncated: shape {dims} of {dtype} needs {n_bytes} data bytes, it holds {len(raw) - head}")
+        raise ValueError(f"IDX file {path} is truncated: shape {dims} of {dtype} needs {n_bytes} data bytes, it holds "
+                         f"{len(raw) - head}")
     if len(raw) - head > n_bytes:
-        raise ValueError(f"IDX file {path}: size mismatch, shape {dims} of {dtype} needs {n_bytes} data bytes but it holds {len(raw) - head}")
+        raise ValueError(f"IDX file {path}: size mismatch, shape {dims} of {dtype} needs {n_bytes} data bytes but it "
+                         f"holds {len(raw) - head}")
     if n_bytes == 0: return torch.empty(dims, dtype=dtype)
     b = torch.frombuffer(bytearray(memoryview(raw)[head:]), dtype=torch.uint8)
     if size > 1 and sys.byteorder == 'little': b = b.view(-1, size).flip(1).reshape(-1)    # big-endian to native
     return b.view(dtype).reshape(dims)
 
 # %% ../nbs/07_data.ipynb #ff4e6661
-FMNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+FMNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                  'Ankle boot')
 FMNIST_DEFAULT_ROOT = '/usr/share/datasets/fashion-mnist'
 _FMNIST_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
                  'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
 
 def _fmnist_help(problem):
     return (f"{problem}. Get Fashion-MNIST with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; files in "
-            f"{FMNIST_DEFAULT_ROOT}), or download the four *-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist "
+            f"{FMNIST_DEFAULT_ROOT}), or download the four *-ubyte.gz files from "
+            f"https://github.com/zalandoresearch/fashion-mnist "
             "into a folder and pass root=FOLDER or set the environment variable VDM_NB_FASHION_MNIST=FOLDER; "
             "or use load_torchvision('fmnist') (pip install torchvision; downloads)")
 
@@ -205,11 +219,14 @@ def _fmnist_part(root, split):
     for stem in _FMNIST_FILES[split]:
         cands = [root/stem, root/(stem + '.gz')]
         f = next((c for c in cands if c.is_file()), None)
-        if f is None: raise FileNotFoundError(_fmnist_help(f"Fashion-MNIST file {cands[1]} (or {cands[0].name}) not found"))
+        if f is None: raise FileNotFoundError(_fmnist_help(f"Fashion-MNIST file {cands[1]} (or "
+                                                           f"{cands[0].name}) not found"))
         found.append(f)
     x, y = read_idx(found[0]), read_idx(found[1])
-    if x.dtype != torch.uint8 or x.shape[1:] != (28, 28): raise ValueError(f"{found[0]} holds {x.dtype} {tuple(x.shape)}, not uint8 (N, 28, 28) images")
-    if y.dtype != torch.uint8 or y.shape != x.shape[:1]: raise ValueError(f"{found[1]} holds {y.dtype} {tuple(y.shape)}, not {len(x)} uint8 labels")
+    if x.dtype != torch.uint8 or x.shape[1:] != (28, 28): raise ValueError(f"{found[0]} holds {x.dtype} "
+            f"{tuple(x.shape)}, not uint8 (N, 28, 28) images")
+    if y.dtype != torch.uint8 or y.shape != x.shape[:1]: raise ValueError(f"{found[1]} holds {y.dtype} "
+            f"{tuple(y.shape)}, not {len(x)} uint8 labels")
     if len(y) and int(y.max()) > 9: raise ValueError(f"{found[1]} has a label {int(y.max())} > 9")
     return x[:, None], y.long()
 
@@ -245,13 +262,15 @@ def load_torchvision(name:str='mnist', # 'mnist', 'fmnist' or 'cifar10'
     _check_split(split)
     try: from torchvision import datasets
     except ImportError as e:
-        raise ImportError(f"load_torchvision('{name}') needs torchvision: `pip install torchvision`. On a CPU-only machine "
+        raise ImportError(f"load_torchvision('{name}') needs torchvision: `pip install torchvision`. On a "
+                          f"CPU-only machine "
                           "install torch first from the CPU index, `pip install torch torchvision --index-url "
                           "https://download.pytorch.org/whl/cpu`, so that pip does not fetch a CUDA build. "
                           "get_data('digits') and get_data('fmnist') need no torchvision.") from e
     root = Path(root if root is not None else Path.home()/'.cache'/'vdm_nb').expanduser()
     cls = getattr(datasets, _TORCHVISION[name])
-    parts = [cls(str(root), train=(s == 'train'), download=download) for s in (('train', 'test') if split == 'all' else (split,))]
+    parts = [cls(str(root), train=(s == 'train'), download=download) for s in (('train', 'test') if split == 'all'
+            else (split,))]
     x = torch.cat([_nchw_uint8(p.data, name) for p in parts])
     y = torch.cat([torch.as_tensor(p.targets, dtype=torch.long) for p in parts])
     return DataSplit(x, y, 256, name, split, getattr(parts[0], 'classes', None) or None)
@@ -289,7 +308,8 @@ def toy_2d(name:str, # one of TOY_2D: 'gaussian', 'correlated', 'mixture', 'moon
         x = torch.where(y[:, None] == 0, upper, lower) + 0.05*torch.randn(n, 2, **kw)
         x = (x - torch.tensor([0.5, 0.25], dtype=torch.float64))/1.5
     elif name == 'checkerboard':
-        y = torch.randint(0, 8, (n,), generator=g)                     # dark square k: row k // 2, column 2 (k % 2) + row % 2
+        # dark square k: row k // 2, column 2 (k % 2) + row % 2
+        y = torch.randint(0, 8, (n,), generator=g)
         row = y // 2; col = 2*(y % 2) + row % 2
         x = -1 + 0.5*(torch.stack([col, row], 1).double() + torch.rand(n, 2, **kw))
     else:
@@ -305,19 +325,23 @@ def toy_oracle(name:str, # 'gaussian' or 'mixture'
     if name == 'gaussian': return GaussianOracle(torch.tensor(_GAUSS_MU, dtype=torch.float64), _GAUSS_S, process)
     if name == 'mixture':
         a = 2*math.pi*torch.arange(_RING_K, dtype=torch.float64)/_RING_K
-        return MixtureOracle(_RING_R*torch.stack([a.cos(), a.sin()], 1), torch.full((_RING_K,), _RING_S, dtype=torch.float64),
+        return MixtureOracle(_RING_R*torch.stack([a.cos(), a.sin()], 1), torch.full((_RING_K,), _RING_S,
+                dtype=torch.float64),
                              torch.full((_RING_K,), 1/_RING_K, dtype=torch.float64), process)
     raise ValueError(f"toy set {name!r} has no exact oracle: toy_oracle knows 'gaussian' and 'mixture'")
 
 # %% ../nbs/07_data.ipynb #489d8f37
-DATASETS = {'digits': "scikit-learn's handwritten digits: 1,797 images 1x8x8, V = 17, split by seed (needs scikit-learn)",
-            'fmnist': "Fashion-MNIST from IDX files: 60,000 + 10,000 images 1x28x28, V = 256 (apt-get install dataset-fashion-mnist)",
+DATASETS = {'digits': "scikit-learn's handwritten digits: 1,797 images 1x8x8, V = 17, split by seed "
+            "(needs scikit-learn)",
+            'fmnist': "Fashion-MNIST from IDX files: 60,000 + 10,000 images 1x28x28, V = 256 (apt-get install "
+            "dataset-fashion-mnist)",
             'mnist': "MNIST through torchvision (download): 60,000 + 10,000 images 1x28x28, V = 256",
             'cifar10': "CIFAR-10 through torchvision (download): 50,000 + 10,000 images 3x32x32, V = 256",
             'gaussian': "2-D isotropic Gaussian N((0.5, -0.5), 0.25 I), exact oracle",
             'correlated': "2-D Gaussian N(0, [[0.25, 0.2], [0.2, 0.25]])",
             'mixture': "2-D ring of 8 Gaussians (radius 1, std 0.1), exact oracle",
-            'moons': "2-D two moons", 'checkerboard': "2-D checkerboard, uniform on 8 squares", 'swiss_roll': "2-D swiss roll"}
+            'moons': "2-D two moons", 'checkerboard': "2-D checkerboard, uniform on 8 squares",
+            'swiss_roll': "2-D swiss roll"}
 
 def get_data(name:str, # a key of DATASETS
              split:str='train', # 'train', 'test' or 'all' (images only)
@@ -345,12 +369,15 @@ def batches(data:int|Tensor|DataSplit|tuple, # N (yield indices), a tensor or Da
     "Mini-batches in a random order fixed by (seed, epoch)"
     if isinstance(data, DataSplit): data = data.x
     if isinstance(data, (tuple, list)):
-        if not data or not all(isinstance(t, Tensor) for t in data): raise TypeError("a tuple `data` must hold tensors, e.g. (d.x, d.y)")
-        if len({len(t) for t in data}) > 1: raise ValueError(f"the tensors in data have different lengths {[len(t) for t in data]}")
+        if not data or not all(isinstance(t, Tensor) for t in data): raise TypeError("a tuple `data` must hold "
+                "tensors, e.g. (d.x, d.y)")
+        if len({len(t) for t in data}) > 1: raise ValueError(f"the tensors in data have different lengths "
+                                                             f"{[len(t) for t in data]}")
         n = len(data[0])
     elif isinstance(data, Tensor): n = len(data)
     elif isinstance(data, numbers.Integral) and not isinstance(data, bool): n = check_int(data, 'data', 1)
-    else: raise TypeError(f"data must be an int N, a tensor, a DataSplit or a tuple of tensors, got {type(data).__name__}")
+    else: raise TypeError(f"data must be an int N, a tensor, a DataSplit or a tuple of tensors, got "
+                          f"{type(data).__name__}")
     batch_size = check_int(batch_size, 'batch_size', 1, n, fix=f'(there are {n} examples)')
     seed = check_int(seed, 'seed', 0, 2**31 - 1); epoch = check_int(epoch, 'epoch', 0, 2**32 - 1)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed*2**32 + epoch))

@@ -19,7 +19,8 @@ __all__ = ['refuse_unsupported_launch', 'world_size', 'make_accelerator', 'strat
            'gather_objects']
 
 # %% ../nbs/15_distributed.ipynb #054919aa
-_FSDP1 = ('FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config file (or pass --fsdp_version 2 '
+_FSDP1 = ('FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config file (or pass '
+          '--fsdp_version 2 '
           'to accelerate launch); this Learner gathers and shards the DTensors of FSDP2')
 _DEEPSPEED = ('DeepSpeed is not supported: no network of this library (at most 31M parameters) needs ZeRO. Shard the '
               'weights with FSDP2 (distributed_type: FSDP, fsdp_version: 2 in the accelerate config), or train data '
@@ -41,10 +42,12 @@ def make_accelerator(cpu:bool=False, # force the CPU even when a GPU is present
     "The Accelerator of a run: one process, DDP or FSDP2, as the launcher says"
     refuse_unsupported_launch()
     if not cpu and world_size() > 1 and not torch.accelerator.is_available():
-        cpu = True        # a launch on a machine without GPUs: accelerate joins the process group only when told cpu=True
+        # a launch on a machine without GPUs: accelerate joins the process group only when told cpu=True
+        cpu = True
     if AcceleratorState._shared_state and not torch.distributed.is_initialized() and world_size() == 1:
         st = AcceleratorState()                                       # one un-launched process: switching is safe
-        if st.mixed_precision != 'no' or cpu != (st.device.type == 'cpu'): AcceleratorState._reset_state(reset_partial_state=True)
+        if st.mixed_precision != 'no' or cpu != (st.device.type == 'cpu'):
+            AcceleratorState._reset_state(reset_partial_state=True)
     acc = Accelerator(mixed_precision='no', cpu=cpu)
     if acc.distributed_type == DistributedType.MULTI_CPU and _env_true('ACCELERATE_USE_FSDP'):
         acc.state.distributed_type, acc.state.fsdp_plugin = DistributedType.FSDP, FullyShardedDataParallelPlugin()
@@ -60,14 +63,17 @@ def strategy(acc:Accelerator, # the run's Accelerator
     dt = acc.distributed_type
     if dt == DistributedType.DEEPSPEED: raise ValueError(_DEEPSPEED)
     if dt == DistributedType.MEGATRON_LM:
-        raise ValueError(f'{dt} is not supported: shard with FSDP2 (fsdp_version: 2), or train with DDP (accelerate launch '
+        raise ValueError(f'{dt} is not supported: shard with FSDP2 (fsdp_version: 2), or train with DDP '
+                         f'(accelerate launch '
                          '--multi_gpu, or torchrun)')
     if dt != DistributedType.FSDP: return None
     plugin = acc.state.fsdp_plugin                                    # shared by the Learners of a process
     if getattr(plugin, 'fsdp_version', 1) != 2: raise ValueError(_FSDP1)
-    if compile: raise ValueError('compile=True with FSDP is not supported by this Learner: pass compile=False, or train with DDP')
+    if compile: raise ValueError('compile=True with FSDP is not supported by this Learner: pass compile=False, '
+                                 'or train with DDP')
     if plugin.ignored_modules is not None and not getattr(plugin, '_set_by_learner', False):
-        raise ValueError('the FSDP configuration sets ignored_modules, which the Learner sets itself (to the loss, whose '
+        raise ValueError('the FSDP configuration sets ignored_modules, which the Learner sets itself (to '
+                         'the loss, whose '
                          "schedule parameters stay whole on every process): remove fsdp_ignored_modules from the config")
     plugin.cpu_ram_efficient_loading = False
     plugin.mixed_precision_policy = MixedPrecisionPolicy()
@@ -75,7 +81,8 @@ def strategy(acc:Accelerator, # the run's Accelerator
     return 'fsdp'
 
 # %% ../nbs/15_distributed.ipynb #a3da6628
-def local(p:Tensor)->Tensor: return p.to_local() if isinstance(p, DTensor) else p   # this process's shard of a parameter
+# this process's shard of a parameter
+def local(p:Tensor)->Tensor: return p.to_local() if isinstance(p, DTensor) else p
 
 def full(v:Tensor)->Tensor:
     "The whole tensor of a DTensor (a collective: every process calls it); other tensors as they are"
@@ -84,7 +91,8 @@ def full(v:Tensor)->Tensor:
 def gather_local(local_:Tensor, like:Tensor)->Tensor:
     "The whole tensor whose shard on this process is `local_`, sharded like the parameter `like` (collective)"
     if not isinstance(like, DTensor): return local_
-    return DTensor.from_local(local_, like.device_mesh, like.placements, shape=like.shape, stride=like.stride()).full_tensor()
+    d = DTensor.from_local(local_, like.device_mesh, like.placements, shape=like.shape, stride=like.stride())
+    return d.full_tensor()
 
 def shard_like(whole:Tensor, like:Tensor)->Tensor:
     "`whole` cut the way the parameter `like` is (this process's slice, no communication); other tensors unchanged"

@@ -21,8 +21,10 @@ __all__ = ['test_bpd', 'discrete_vlb_bpd', 'per_pixel_probs', 'per_pixel_bpd', '
 # %% ../nbs/10_evaluate.ipynb #4321cb87
 def _check_data(data, name:str, min_n:int=1)->Tensor:
     "`data` as a tensor (N, ...) with N >= min_n and at least one data dimension"
-    if not torch.is_tensor(data): raise TypeError(f'{name} must be a torch.Tensor, got {type(data).__name__}: use torch.as_tensor')
-    if data.ndim < 2: raise ValueError(f'{name} has shape {tuple(data.shape)}: pass a batch (N, ...) with at least one data dim')
+    if not torch.is_tensor(data): raise TypeError(f'{name} must be a torch.Tensor, got {type(data).__name__}: use '
+                                                  f'torch.as_tensor')
+    if data.ndim < 2: raise ValueError(f'{name} has shape {tuple(data.shape)}: pass a batch (N, ...) with at '
+                                       f'least one data dim')
     if len(data) < min_n: raise ValueError(f'{name} has {len(data)} example(s): pass at least {min_n}')
     if data[0].numel() == 0: raise ValueError(f'{name} has shape {tuple(data.shape)}: each example is empty')
     return data
@@ -60,7 +62,8 @@ def test_bpd(model, # model(z, logsnr) -> prediction of kind loss.pred (the mode
             )->dict: # bpd, se, prior, recon, diffusion (bits/dim), nats, n, n_times, per_example (N,) bits/dim
     "Monte Carlo test bits/dim of the negative VLB (prior + recon + diffusion), with its standard error over examples"
     if not isinstance(loss, VDMLoss): raise TypeError(f'loss must be a vdm_nb.losses.VDMLoss, got {type(loss).__name__}')
-    if not loss.elbo: raise ValueError(f'loss has weighting {loss.weighting!r}: only the ELBO is a likelihood bound, use VDMLoss(weighting="elbo")')
+    if not loss.elbo: raise ValueError(f'loss has weighting {loss.weighting!r}: only the ELBO is a likelihood bound, '
+                                       f'use VDMLoss(weighting="elbo")')
     if getattr(model, 'pred', loss.pred) != loss.pred:
         raise ValueError(f'model.pred={model.pred!r} but loss.pred={loss.pred!r}: build the loss with pred=model.pred')
     _check_data(data, 'data', 2)
@@ -139,7 +142,8 @@ def per_pixel_bpd(train:Tensor, # training images (N, ...) in {0..V-1}
                  )->float: # test bits/dim of the per-pixel model
     "Test bits/dim of the independent per-pixel categorical model (the baseline)"
     _check_data(test, 'test'); check_vocab(test, vocab_size)
-    if test.shape[1:] != train.shape[1:]: raise ValueError(f'train {tuple(train.shape)} and test {tuple(test.shape)} must have the same image shape')
+    if test.shape[1:] != train.shape[1:]: raise ValueError(f'train {tuple(train.shape)} and test {tuple(test.shape)} '
+                                                           f'must have the same image shape')
     logp = per_pixel_probs(train, vocab_size, alpha).log2().to(test.device)
     total = sum(float(logp.expand(len(rows), *logp.shape).gather(-1, rows.long()[..., None]).sum())
                 for rows in test.split(max(1, 2**22//logp[..., 0].numel())))   # in chunks: no (M, D, V) tensor
@@ -166,7 +170,8 @@ class SmallClassifier(nn.Module):
                  feat_dim:int=64, # size of the feature (penultimate) layer
                 ):
         super().__init__()
-        for v, name, low in ((in_channels, 'in_channels', 1), (image_size, 'image_size', 4), (n_classes, 'n_classes', 2),
+        for v, name, low in ((in_channels, 'in_channels', 1), (image_size, 'image_size', 4),
+                             (n_classes, 'n_classes', 2),
                              (width, 'width', 1), (feat_dim, 'feat_dim', 1)): check_int(v, name, low)
         self.in_channels, self.image_size, self.n_classes, self.feat_dim = in_channels, image_size, n_classes, feat_dim
         self.body = nn.Sequential(
@@ -178,7 +183,8 @@ class SmallClassifier(nn.Module):
     def _check(self, x:Tensor)->None:
         want = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f'images have shape {tuple(x.shape)}, the classifier expects (N, {", ".join(map(str, want))})')
+            raise ValueError(f'images have shape {tuple(x.shape)}, the classifier expects (N, '
+                             f'{", ".join(map(str, want))})')
 
     def features(self, x:Tensor, # images in [-1, 1], (N, C, H, W)
                 )->Tensor: # (N, feat_dim) penultimate activations
@@ -199,7 +205,8 @@ def _inputs(x:Tensor, vocab_size:int|None, name:str, dtype:torch.dtype|None=None
     return x
 
 # %% ../nbs/10_evaluate.ipynb #156044d8
-def train_classifier(x_int:Tensor, # training images (N, C, H, W) in {0..V-1} (or floats in [-1, 1] with vocab_size None)
+# training images (N, C, H, W) in {0..V-1} (or floats in [-1, 1] with vocab_size None)
+def train_classifier(x_int:Tensor,
                      y:Tensor, # (N,) integer labels in {0..n_classes-1}
                      vocab_size:int|None, # V
                      steps:int=300, # optimisation steps
@@ -211,9 +218,11 @@ def train_classifier(x_int:Tensor, # training images (N, C, H, W) in {0..V-1} (o
                     )->SmallClassifier: # the trained classifier, in eval mode
     "Train a SmallClassifier on labelled images; used for accuracy and as the feature extractor of the classifier FD"
     x = _inputs(x_int, vocab_size, 'x_int')
-    if x.ndim != 4 or x.shape[2] != x.shape[3]: raise ValueError(f'x_int has shape {tuple(x_int.shape)}: pass square images (N, C, H, H)')
+    if x.ndim != 4 or x.shape[2] != x.shape[3]: raise ValueError(f'x_int has shape {tuple(x_int.shape)}: pass square '
+                                                                 f'images (N, C, H, H)')
     y = torch.as_tensor(y)
-    if y.shape != (len(x),) or y.is_floating_point(): raise ValueError(f'y must hold one integer label per image, shape ({len(x)},); got {tuple(y.shape)} {y.dtype}')
+    if y.shape != (len(x),) or y.is_floating_point(): raise ValueError(f'y must hold one integer label per image, '
+            f'shape ({len(x)},); got {tuple(y.shape)} {y.dtype}')
     if int(y.min()) < 0: raise ValueError('y has negative labels: use labels 0..n_classes-1')
     check_int(steps, 'steps', 1); check_int(batch_size, 'batch_size', 1)
     with torch.random.fork_rng(devices=[]):
@@ -258,7 +267,8 @@ def _psd_eigh(c:Tensor, name:str)->tuple[Tensor, Tensor]:
     "eigh of a symmetric PSD matrix, with eigenvalues negative only by rounding set to 0"
     ev, vec = torch.linalg.eigh(c)
     tol = 1e-9*max(float(ev.abs().max()), 1e-300)
-    if float(ev.min()) < -tol: raise ValueError(f'{name} has eigenvalue {float(ev.min()):.3g} < 0: it is not a covariance matrix')
+    if float(ev.min()) < -tol: raise ValueError(f'{name} has eigenvalue {float(ev.min()):.3g} < 0: it is not a '
+                                                f'covariance matrix')
     return ev.clamp(min=0), vec
 
 def _check_stats(mu, cov, name:str)->tuple[Tensor, Tensor]:
@@ -305,7 +315,8 @@ def classifier_fd(samples:Tensor, # generated images (N, C, H, W) in {0..V-1} (f
     "Classifier FD: the Frechet distance in the feature space of a classifier trained on the data (not FID)"
     _check_data(samples, 'samples'); _check_data(reference, 'reference')
     if samples.shape[1:] != reference.shape[1:]:
-        raise ValueError(f'samples {tuple(samples.shape)} and reference {tuple(reference.shape)} must have the same image shape')
+        raise ValueError(f'samples {tuple(samples.shape)} and reference {tuple(reference.shape)} must have the '
+                         f'same image shape')
     s, r = (feature_stats(classifier_features(clf, x, vocab_size)) for x in (samples, reference))
     return frechet_distance(*s, *r)
 
@@ -318,7 +329,8 @@ def to_uint8_rgb(images:Tensor, # (N, C, H, W) in {0..V-1}, floats in [-1, 1], o
     x = _to_uint8(images, vocab_size).float()
     if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
     if x.shape[-2:] != (size, size): x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8)                     # bilinear stays in [0, 255]; clamp guards rounding
+    # bilinear stays in [0, 255]; clamp guards rounding
+    return x.round().clamp(0, 255).to(torch.uint8)
 
 def inception_fid(samples:Tensor, # generated images (N, C, H, W), C in {1, 3}
                   reference:Tensor, # real images (M, C, H, W)
@@ -329,11 +341,14 @@ def inception_fid(samples:Tensor, # generated images (N, C, H, W), C in {1, 3}
     "The standard FID via torchmetrics (needs torchmetrics, torch-fidelity and downloadable Inception weights)"
     for x, name in ((samples, 'samples'), (reference, 'reference')): _check_data(x, name, 2)
     if samples.shape[1:] != reference.shape[1:]:
-        raise ValueError(f'samples {tuple(samples.shape)} and reference {tuple(reference.shape)} must have the same image shape')
+        raise ValueError(f'samples {tuple(samples.shape)} and reference {tuple(reference.shape)} must have the '
+                         f'same image shape')
     try: from torchmetrics.image.fid import FrechetInceptionDistance
     except ImportError as err:
-        raise ImportError('inception_fid needs torchmetrics and torch-fidelity: `pip install torchmetrics torch-fidelity`; '
-                          'the Inception-v3 weights are downloaded on first use, so the machine must reach the internet '
+        raise ImportError('inception_fid needs torchmetrics and torch-fidelity: `pip install torchmetrics '
+                          'torch-fidelity`; '
+                          'the Inception-v3 weights are downloaded on first use, so the machine must '
+                          'reach the internet '
                           '(as on Colab). Offline, use classifier_fd.') from err
     device = device or samples.device
     try: fid = FrechetInceptionDistance(feature=2048, normalize=False).to(device)
@@ -341,7 +356,8 @@ def inception_fid(samples:Tensor, # generated images (N, C, H, W), C in {1, 3}
         raise RuntimeError('could not build FrechetInceptionDistance: its Inception-v3 weights must be downloadable '
                            '(internet access, as on Colab) or already cached. Offline, use classifier_fd.') from err
     for x, real in ((reference, True), (samples, False)):
-        for i in range(0, len(x), batch_size): fid.update(to_uint8_rgb(x[i:i + batch_size], vocab_size).to(device), real=real)
+        for i in range(0, len(x), batch_size): fid.update(to_uint8_rgb(x[i:i + batch_size], vocab_size).to(device),
+                                                          real=real)
     return float(fid.compute())
 
 # %% ../nbs/10_evaluate.ipynb #cf4fc9c6
@@ -354,11 +370,13 @@ def nearest_neighbours(samples:Tensor, # (N, ...) images in {0..V-1} (floats in 
                       )->tuple[Tensor, Tensor]: # (distances (N, k) float64, indices (N, k) int64), nearest first
     "The k nearest training images of each sample, by L2 distance in [-1, 1] pixel space"
     a, b = _inputs(samples, vocab_size, 'samples', torch.float64), _inputs(train, vocab_size, 'train', torch.float64)
-    if a.shape[1:] != b.shape[1:]: raise ValueError(f'samples {tuple(a.shape)} and train {tuple(b.shape)} must have the same image shape')
+    if a.shape[1:] != b.shape[1:]: raise ValueError(f'samples {tuple(a.shape)} and train {tuple(b.shape)} must have '
+                                                    f'the same image shape')
     check_int(k, 'k', 1); check_int(batch_size, 'batch_size', 1)
     if k > len(b): raise ValueError(f'k={k} but train has only {len(b)} images: pass k <= {len(b)}')
     b = b.flatten(1).double()
-    out = [torch.cdist(a[i:i + batch_size].flatten(1).double().to(b.device), b, compute_mode='donot_use_mm_for_euclid_dist')
+    out = [torch.cdist(a[i:i + batch_size].flatten(1).double().to(b.device), b,
+                       compute_mode='donot_use_mm_for_euclid_dist')
            .topk(k, dim=1, largest=False) for i in range(0, len(a), batch_size)]
     return torch.cat([o.values for o in out]).cpu(), torch.cat([o.indices for o in out]).cpu()
 
@@ -372,7 +390,8 @@ def memorisation_ratio(samples:Tensor, # generated images (N, ...)
     d_s = nearest_neighbours(samples, train, 1, vocab_size)[0]
     d_t = nearest_neighbours(test, train, 1, vocab_size)[0]
     med_s, med_t = float(d_s.median()), float(d_t.median())
-    if med_t == 0: raise ValueError('half the test images are exact copies of training images: deduplicate the split first')
+    if med_t == 0: raise ValueError('half the test images are exact copies of training images: deduplicate '
+                                    'the split first')
     return dict(ratio=med_s/med_t, samples_median=med_s, test_median=med_t)
 
 # %% ../nbs/10_evaluate.ipynb #35b6c895
@@ -380,15 +399,18 @@ def _to_uint8(images:Tensor, vocab_size:int|None)->Tensor:
     "(N, C, H, W) images as uint8: ints 0..V-1 -> round(255 k/(V-1)), floats in [-1, 1] -> round(255 (x+1)/2), uint8 as is"
     x = _check_data(images, 'images')
     if x.ndim == 3: x = x[:, None]
-    if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f'images have shape {tuple(images.shape)}: pass (N, C, H, W) with C = 1 or 3, or (N, H, W)')
+    if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f'images have shape {tuple(images.shape)}: pass (N, '
+                                                                 f'C, H, W) with C = 1 or 3, or (N, H, W)')
     if vocab_size is not None:
         check_vocab(x, vocab_size)
         return (x.double()*255/(vocab_size - 1)).round().to(torch.uint8)
     if x.dtype == torch.uint8: return x
-    if not x.is_floating_point(): raise ValueError('images hold integers but vocab_size is None: pass vocab_size=V (or uint8 pixels)')
+    if not x.is_floating_point(): raise ValueError('images hold integers but vocab_size is None: pass vocab_size=V '
+                                                   '(or uint8 pixels)')
     check_finite('images', x)
     if float(x.min()) < -1 or float(x.max()) > 1:
-        raise ValueError(f'float images span [{float(x.min()):.3g}, {float(x.max()):.3g}], outside [-1, 1]: clamp them (x.clamp(-1, 1)) or decode to integers')
+        raise ValueError(f'float images span [{float(x.min()):.3g}, {float(x.max()):.3g}], outside [-1, 1]: clamp them '
+                         f'(x.clamp(-1, 1)) or decode to integers')
     return ((x.double() + 1)*127.5).round().to(torch.uint8)
 
 def image_grid(images:Tensor, # (N, C, H, W) or (N, H, W): ints in {0..V-1} with vocab_size, floats in [-1, 1], or uint8
@@ -400,7 +422,8 @@ def image_grid(images:Tensor, # (N, C, H, W) or (N, H, W): ints in {0..V-1} with
     "Tile a batch of images into one uint8 image"
     x = _to_uint8(images, vocab_size)
     check_int(nrow, 'nrow', 1); check_int(padding, 'padding', 0)
-    if not (isinstance(pad_value, int) and 0 <= pad_value <= 255): raise ValueError(f'pad_value={pad_value!r} must be an int in 0..255')
+    if not (isinstance(pad_value, int) and 0 <= pad_value <= 255): raise ValueError(f'pad_value={pad_value!r} must be '
+            f'an int in 0..255')
     N, C, H, W = x.shape
     ncol, nrows = min(nrow, N), math.ceil(N/nrow)
     grid = torch.full((C, nrows*(H + padding) + padding, ncol*(W + padding) + padding), pad_value, dtype=torch.uint8)

@@ -33,7 +33,8 @@ def _as_logsnr(logsnr, like:Tensor|None=None)->Tensor:
     if isinstance(logsnr, Tensor):
         if logsnr.is_floating_point(): return logsnr
         return logsnr.to(like.dtype if like is not None and like.is_floating_point() else torch.get_default_dtype())
-    if like is not None and like.is_floating_point(): return torch.as_tensor(logsnr, dtype=like.dtype, device=like.device)
+    if like is not None and like.is_floating_point(): return torch.as_tensor(logsnr, dtype=like.dtype,
+            device=like.device)
     return torch.as_tensor(logsnr, dtype=torch.get_default_dtype())
 
 def log_alpha_sigma(logsnr:Tensor|float, # lambda = log(alpha^2/sigma^2), any shape
@@ -56,7 +57,8 @@ def alpha_sigma(logsnr:Tensor|float, # lambda = log(alpha^2/sigma^2), any shape
 def _check_batch(logsnr:Tensor, x:Tensor, name:str='logsnr'):
     "Raise unless `logsnr` is a scalar or per-example values that broadcast against `x` from the left"
     if logsnr.ndim > x.ndim or any(a not in (1, b) for a, b in zip(logsnr.shape, x.shape)):
-        raise ValueError(f"{name} has shape {tuple(logsnr.shape)}, which does not match data of shape {tuple(x.shape)}: "
+        raise ValueError(f"{name} has shape {tuple(logsnr.shape)}, which does not match data of shape "
+                         f"{tuple(x.shape)}: "
                          f"pass a scalar or one value per example, shape {tuple(x.shape[:1])}")
 
 def diffuse(x:Tensor, # data, shape (B, ...)
@@ -70,7 +72,8 @@ def diffuse(x:Tensor, # data, shape (B, ...)
     logsnr = _as_logsnr(logsnr, x)
     _check_batch(logsnr, x)
     if eps is None: eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    elif eps.shape != x.shape: raise ValueError(f"eps has shape {tuple(eps.shape)} but x has {tuple(x.shape)}: pass noise of the shape of x")
+    elif eps.shape != x.shape: raise ValueError(f"eps has shape {tuple(eps.shape)} but x has {tuple(x.shape)}: pass "
+                                                f"noise of the shape of x")
     alpha, sigma = alpha_sigma(logsnr, process)
     return append_dims(alpha, x.ndim)*x + append_dims(sigma, x.ndim)*eps, eps
 
@@ -90,7 +93,8 @@ def transition(logsnr_s:Tensor|float, # lambda at the less noisy time s
     logsnr_s = _as_logsnr(logsnr_s, logsnr_t if isinstance(logsnr_t, Tensor) else None)
     logsnr_t = _as_logsnr(logsnr_t, logsnr_s)
     try: torch.broadcast_shapes(logsnr_s.shape, logsnr_t.shape)
-    except RuntimeError: raise ValueError(f"logsnr_s {tuple(logsnr_s.shape)} and logsnr_t {tuple(logsnr_t.shape)} do not broadcast") from None
+    except RuntimeError: raise ValueError(f"logsnr_s {tuple(logsnr_s.shape)} and logsnr_t {tuple(logsnr_t.shape)} "
+                                          f"do not broadcast") from None
     _check_order(logsnr_s, logsnr_t, 'transition')
     la_s, _ = log_alpha_sigma(logsnr_s, process)
     la_t, ls_t = log_alpha_sigma(logsnr_t, process)
@@ -105,7 +109,8 @@ def posterior(z_t:Tensor, # latent at the noisier time t, shape (B, ...)
              )->tuple[Tensor,Tensor]: # (mean, var): mean shaped like z_t, var of shape (B, 1, ..., 1)
     "Mean and variance of q(z_s|z_t, x), eq. 33-34, in the stable expm1 form"
     _check_process(process)
-    if z_t.shape != x.shape: raise ValueError(f"z_t has shape {tuple(z_t.shape)} but x has {tuple(x.shape)}: they must match")
+    if z_t.shape != x.shape: raise ValueError(f"z_t has shape {tuple(z_t.shape)} but x has {tuple(x.shape)}: "
+                                              f"they must match")
     logsnr_s, logsnr_t = _as_logsnr(logsnr_s, z_t), _as_logsnr(logsnr_t, z_t)
     _check_batch(logsnr_s, z_t, 'logsnr_s'); _check_batch(logsnr_t, z_t, 'logsnr_t')
     _check_order(logsnr_s, logsnr_t, 'posterior')
@@ -127,7 +132,8 @@ def _prep(pred:Tensor, z:Tensor, logsnr, process, sigma_data, names=('pred', 'z'
     "Validate the common arguments of the conversions; return logsnr as a tensor"
     _check_process(process)
     check_float(sigma_data, 'sigma_data', 0, low_open=True, fix='EDM uses 0.5')
-    if pred.shape != z.shape: raise ValueError(f"{names[0]} has shape {tuple(pred.shape)} but {names[1]} has {tuple(z.shape)}: they must match")
+    if pred.shape != z.shape: raise ValueError(f"{names[0]} has shape {tuple(pred.shape)} but {names[1]} has "
+                                               f"{tuple(z.shape)}: they must match")
     logsnr = _as_logsnr(logsnr, z)
     _check_batch(logsnr, z)
     return logsnr

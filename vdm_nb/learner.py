@@ -40,7 +40,8 @@ def batch_position(step:int, # optimiser step k >= 0
                   )->tuple[int, int]: # (epoch, index of the first example of the batch in that epoch's permutation)
     "Where step `step`'s global batch lies: epochs of floor(N/B) batches"
     check_int(step, 'step', 0); check_int(batch_size, 'batch_size', 1)
-    if batch_size > n: raise ValueError(f'batch_size={batch_size} exceeds the {n} training examples: use batch_size <= {n}')
+    if batch_size > n: raise ValueError(f'batch_size={batch_size} exceeds the {n} training examples: use '
+                                        f'batch_size <= {n}')
     epoch, i = divmod(step, n//batch_size)
     return epoch, i*batch_size
 
@@ -78,7 +79,8 @@ def shard_rows(n:int, # rows of the global batch
     "The contiguous rows of a global batch that process `rank` of `n_shards` computes"
     check_int(n_shards, 'n_shards', 1); check_int(rank, 'rank', 0)
     if rank >= n_shards: raise ValueError(f'rank={rank} must be < n_shards={n_shards}')
-    if n % n_shards: raise ValueError(f'{n} rows cannot be split evenly over {n_shards} processes: use a multiple of {n_shards}')
+    if n % n_shards: raise ValueError(f'{n} rows cannot be split evenly over {n_shards} processes: use a '
+                                      f'multiple of {n_shards}')
     b = n//n_shards
     return slice(rank*b, (rank + 1)*b)
 
@@ -141,13 +143,17 @@ def _check_data(data, loss:VDMLoss)->Tensor:
     "The training tensor, validated once against the loss (values included: the only host syncs of training data)"
     if not torch.is_tensor(data) and torch.is_tensor(getattr(data, 'x', None)):     # e.g. a vdm_nb.data.DataSplit
         dv = getattr(data, 'vocab_size', loss.vocab_size)
-        if dv != loss.vocab_size: raise ValueError(f'data.vocab_size={dv} but loss.vocab_size={loss.vocab_size}: build the loss with vocab_size={dv}')
+        if dv != loss.vocab_size: raise ValueError(f'data.vocab_size={dv} but loss.vocab_size={loss.vocab_size}: build '
+                                                   f'the loss with vocab_size={dv}')
         data = data.x
-    if not torch.is_tensor(data): raise TypeError(f'data must be a tensor of examples (N, ...), got {type(data).__name__}')
+    if not torch.is_tensor(data): raise TypeError(f'data must be a tensor of examples (N, ...), got '
+                                                  f'{type(data).__name__}')
     if data.ndim < 2 or len(data) == 0:
-        raise ValueError(f'data has shape {tuple(data.shape)}: pass a non-empty tensor of examples (N, ...) with at least one data dimension')
+        raise ValueError(f'data has shape {tuple(data.shape)}: pass a non-empty tensor of examples (N, ...) with at '
+                         f'least one data dimension')
     if loss.vocab_size is not None and (data.is_floating_point() or data.is_complex() or data.dtype == torch.bool):
-        raise ValueError(f'loss.vocab_size={loss.vocab_size} expects integer data in 0..{loss.vocab_size - 1}, got {data.dtype}: '
+        raise ValueError(f'loss.vocab_size={loss.vocab_size} expects integer data in 0..{loss.vocab_size - 1}, '
+                         f'got {data.dtype}: '
                          'pass the integer images (e.g. uint8), or use vocab_size=None for continuous data')
     return loss.validate(data)
 
@@ -166,7 +172,8 @@ class Learner:
                  ema_decay:float=0.9999, # EMA decay d in [0, 1), warmed up as min(d, (1+n)/(10+n))
                  grad_accum:int=1, # micro-batches per step on each process
                  mixed_precision:str='no', # 'no', 'bf16', 'fp16' (with loss scaling) or 'auto'
-                 compile:bool=False, # torch.compile the whole objective (schedule, diffusion, network, loss) as one graph
+                 # torch.compile the whole objective (schedule, diffusion, network, loss) as one graph
+                 compile:bool=False,
                  channels_last:bool=False, # NHWC memory format for 4-D data
                  seed:int=0, # seeds batches, noise and the global generators
                  out_dir=None, # folder for checkpoints and logs (created when first written)
@@ -174,36 +181,45 @@ class Learner:
                  log_every:int=50, # steps between log rows (the only host syncs of training)
                  deterministic:bool=False, # torch.use_deterministic_algorithms(True) (process-wide)
                  cpu:bool=False, # force the CPU even when a GPU is present
-                 accelerator:Accelerator|None=None, # a ready Accelerator (built with mixed_precision='no'); default: made here
+                 # a ready Accelerator (built with mixed_precision='no'); default: made here
+                 accelerator:Accelerator|None=None,
                 ):
         if not isinstance(model, nn.Module): raise TypeError(f'model must be an nn.Module, got {type(model).__name__}')
-        if not isinstance(loss, VDMLoss): raise TypeError(f'loss must be a vdm_nb.losses.VDMLoss, got {type(loss).__name__}')
+        if not isinstance(loss, VDMLoss): raise TypeError(f'loss must be a vdm_nb.losses.VDMLoss, got '
+                                                          f'{type(loss).__name__}')
         if getattr(model, 'pred', 'eps') != loss.pred:
             raise ValueError(f"model.pred={getattr(model, 'pred', 'eps')!r} but loss.pred={loss.pred!r}: "
                              f"build the loss with pred={getattr(model, 'pred', 'eps')!r}")
         self.data = _check_data(data, loss)
         n = len(self.data)
         self.batch_size = check_int(batch_size, 'batch_size', 1, fix=f'(and at most the {n} training examples)')
-        if batch_size > n: raise ValueError(f'batch_size={batch_size} exceeds the {n} training examples: use batch_size <= {n}')
+        if batch_size > n: raise ValueError(f'batch_size={batch_size} exceeds the {n} training examples: use '
+                                            f'batch_size <= {n}')
         self.grad_accum, self.log_every = check_int(grad_accum, 'grad_accum', 1), check_int(log_every, 'log_every', 1)
         self.warmup_steps = check_int(warmup_steps, 'warmup_steps', 0, fix='(0: no warm-up)')
         self.seed = check_int(seed, 'seed', 0, 2**63 - 1)
         self.lr = check_float(lr, 'lr', 0, low_open=True, fix='e.g. 2e-4')
         self.weight_decay = check_float(weight_decay, 'weight_decay', 0)
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2): raise ValueError(f'betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.99)')
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2): raise ValueError(f'betas={betas!r} must be two '
+                f'numbers in [0, 1), e.g. (0.9, 0.99)')
         self.betas = tuple(check_float(b_, 'betas[i]', 0, 1, high_open=True) for b_ in betas)
-        self.grad_clip = None if grad_clip is None else check_float(grad_clip, 'grad_clip', 0, low_open=True, fix='or None for no clipping')
+        self.grad_clip = None if grad_clip is None else check_float(grad_clip, 'grad_clip', 0, low_open=True,
+                                                                    fix='or None for no clipping')
         self.ema_decay = check_float(ema_decay, 'ema_decay', 0, 1, high_open=True, fix='e.g. 0.9999')
-        for name, v in (('compile', compile), ('channels_last', channels_last), ('deterministic', deterministic), ('cpu', cpu)): check_bool(v, name)
+        for name, v in (('compile', compile), ('channels_last', channels_last), ('deterministic', deterministic),
+                        ('cpu', cpu)): check_bool(v, name)
         if channels_last and self.data.ndim != 4:
-            raise ValueError(f'channels_last=True needs 4-D image data (N, C, H, W), got {self.data.ndim}-D: pass channels_last=False')
+            raise ValueError(f'channels_last=True needs 4-D image data (N, C, H, W), got {self.data.ndim}-D: pass '
+                             f'channels_last=False')
         check_choice(mixed_precision, 'mixed_precision', PRECISIONS)
         self.out_dir = None if out_dir is None else Path(out_dir)
         self._prepare(model, loss, mixed_precision, compile, channels_last, deterministic, cpu, accelerator)
-        self.cbs = list(cbs) + ([LogCB()] if self.out_dir is not None and not any(isinstance(cb, LogCB) for cb in cbs) else [])
+        self.cbs = list(cbs) + ([LogCB()] if self.out_dir is not None and not any(isinstance(cb, LogCB) for cb in cbs)
+                                else [])
         self.step, self.n_steps, self.saved_step, self.saved_path = 0, 0, None, None
         self.history = {k: [] for k in ('step', 'loss', 'grad_norm', 'lr', 'skipped')}
-        self._pending, self._logged, self._log_time, self.record, self.last_eval = [], 0, time.perf_counter(), None, None
+        self._pending, self._logged, self._log_time = [], 0, time.perf_counter()
+        self.record, self.last_eval = None, None
 
 # %% ../nbs/09_learner.ipynb #d704588f
 @patch
@@ -211,29 +227,38 @@ def _prepare(self:Learner, model, loss, mixed_precision, compile, channels_last,
     "The Accelerator, the optimiser, the prepared objective, the loss scaler, the EMA and the LR schedule"
     if deterministic and not cpu: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     acc = dist.make_accelerator(cpu) if accelerator is None else accelerator
-    if not isinstance(acc, Accelerator): raise TypeError(f'accelerator must be an accelerate.Accelerator, got {type(acc).__name__}')
+    if not isinstance(acc, Accelerator): raise TypeError(f'accelerator must be an accelerate.Accelerator, got '
+                                                         f'{type(acc).__name__}')
     if acc.mixed_precision != 'no':
-        raise ValueError(f"the accelerator has mixed_precision={acc.mixed_precision!r}: build it with mixed_precision='no' and "
+        raise ValueError(f"the accelerator has mixed_precision={acc.mixed_precision!r}: build it with "
+                         f"mixed_precision='no' and "
                          'pass mixed_precision= to the Learner, which runs the network under autocast itself')
     self.accelerator, P, A = acc, acc.num_processes, self.grad_accum
     self.mode = dist.strategy(acc, compile, unsharded=loss)              # 'fsdp', or None (one process or DDP)
     self.sharded = self.mode == 'fsdp'                                    # each process holds a slice of every weight
     if self.batch_size % (P*A):
-        raise ValueError(f'batch_size={self.batch_size} is not divisible by num_processes*grad_accum = {P}*{A} = {P*A}: use a '
-                         f'batch_size that is a multiple of {P*A} (e.g. {max(P*A, self.batch_size//(P*A)*P*A)}) or change grad_accum')
+        raise ValueError(f'batch_size={self.batch_size} is not divisible by num_processes*grad_accum = {P}*{A} '
+                         f'= {P*A}: use a '
+                         f'batch_size that is a multiple of {P*A} (e.g. {max(P*A, self.batch_size//(P*A)*P*A)}) or '
+                         f'change grad_accum')
     set_seed(self.seed % 2**32, device_specific=True, deterministic=deterministic)
-    self.precision, self.compile, self.channels_last = resolve_precision(mixed_precision, acc.device), compile, channels_last
+    self.precision = resolve_precision(mixed_precision, acc.device)
+    self.compile, self.channels_last = compile, channels_last
     self.model, self.loss_func, self.data = model, loss, self.data.to(acc.device)
-    self.n_dims, self.dtype = self.data[0].numel(), (torch.float64 if self.data.dtype == torch.float64 else torch.float32)
+    self.n_dims, self.dtype = self.data[0].numel(), (torch.float64 if self.data.dtype == torch.float64
+                                                     else torch.float32)
     if channels_last: model.to(memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2] + [p for p in loss.parameters() if p.requires_grad]
-    groups = [g for g in ({'params': decay, 'weight_decay': self.weight_decay}, {'params': rest, 'weight_decay': 0.}) if g['params']]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2] + [p for p in loss.parameters()
+            if p.requires_grad]
+    groups = [g for g in ({'params': decay, 'weight_decay': self.weight_decay}, {'params': rest, 'weight_decay': 0.})
+              if g['params']]
     if not groups: raise ValueError('model and loss have no trainable parameters')
     opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=None if self.sharded else True)
     objective = Objective(model, loss, self.precision, channels_last)
     if self.sharded:
-        dist.broadcast_module(objective.to(acc.device), P)                # DDP does this in prepare, fully_shard does not
+        # DDP does this in prepare, fully_shard does not
+        dist.broadcast_module(objective.to(acc.device), P)
         self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()   # whole weights, before sharding
     self.objective, prepared = acc.prepare(torch.compile(objective, fullgraph=True) if compile else objective, opt)
     self.opt = prepared.optimizer                                        # stepped here, not by accelerate's wrapper
@@ -242,16 +267,20 @@ def _prepare(self:Learner, model, loss, mixed_precision, compile, channels_last,
     w = self.warmup_steps
     self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1., (s + 1)/w) if w else 1.)
     self.scaler = torch.amp.GradScaler(acc.device.type, enabled=self.precision == 'fp16')
-    if self.sharded: self._ema_local = [dist.local(p).detach().clone() for p in model.parameters()]   # this process's shards
-    else: self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()  # after prepare: every process has rank 0's weights
-    self._ema_at = 0                                                      # step at which ema_model was last made current
+    # this process's shards
+    if self.sharded: self._ema_local = [dist.local(p).detach().clone() for p in model.parameters()]
+    # after prepare: every process has rank 0's weights
+    else: self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()
+    # step at which ema_model was last made current
+    self._ema_at = 0
     self._adaptive = loss.adapt and not loss.n_steps and callable(getattr(loss.schedule, 'update', None))
 
 # %% ../nbs/09_learner.ipynb #cfb94c77
 @patch
 def __repr__(self:Learner):
     return (f'Learner({dist.class_name(self.model)}, step={self.step}, batch_size={self.batch_size}, processes='
-            f'{self.accelerator.num_processes}, device={self.accelerator.device}, precision={self.precision!r}, compile={self.compile})')
+            f'{self.accelerator.num_processes}, device={self.accelerator.device}, precision={self.precision!r}, '
+            f'compile={self.compile})')
 
 @patch(as_prop=True)
 def losses(self:Learner)->list: # per-step global-batch mean loss (nats), for the steps this object ran
@@ -272,7 +301,9 @@ def load_checkpoint(self:Learner, path): return checkpoint.load_checkpoint(self,
 @patch
 def resume(self:Learner, path_or_dir): return checkpoint.resume(self, path_or_dir)
 @patch
-def _rank_seed(self:Learner, step:int)->int: return mix_seed(self.seed, 'rng', step, self.accelerator.process_index) % 2**32
+def _rank_seed(self:Learner, step:int)->int:
+    "The global generators' seed after a resume with another number of processes"
+    return mix_seed(self.seed, 'rng', step, self.accelerator.process_index) % 2**32
 
 # %% ../nbs/09_learner.ipynb #1439befc
 @patch
@@ -296,7 +327,8 @@ def _one_step(self:Learner)->None:
     for i in range(A):
         rows = slice(mine.start + i*b, mine.start + (i + 1)*b)
         with dist.no_sync(acc, self.objective, skip=i < A - 1):
-            self.terms = self.objective(self.data[idx[rows]], t[rows], eps[rows], None if eps_0 is None else eps_0[rows])
+            e0 = None if eps_0 is None else eps_0[rows]
+            self.terms = self.objective(self.data[idx[rows]], t[rows], eps[rows], e0)
             self.loss = self.terms['total'].mean()
             self.callback('after_loss')
             self.scaler.scale(self.loss/A).backward()
@@ -308,7 +340,8 @@ def _one_step(self:Learner)->None:
     self.sched.step()
     d = ema_decay_at(k, self.ema_decay)
     if self.sharded:                                                      # each process averages its own shards
-        with torch.no_grad(): torch._foreach_lerp_(self._ema_local, [dist.local(p).detach() for p in self.model.parameters()], 1 - d)
+        with torch.no_grad(): torch._foreach_lerp_(self._ema_local, [dist.local(p).detach()
+                                                                     for p in self.model.parameters()], 1 - d)
     else: ema_update(self.ema_model, self.model, d); self._ema_at = k + 1
     self.step = k + 1
     self._pending.append((k + 1, lr, torch.stack([total.mean().float(), norm.float()])))
@@ -330,21 +363,21 @@ def _pull(self:Learner)->None:
     "Copy the per-step values pending on the device to self.history (one host sync); stop at a non-finite loss"
     if not self._pending: return
     steps, lrs, vals = zip(*self._pending)
-    self._pending = []
-    vals = torch.stack(vals).double().cpu().tolist()
-    fp16 = self.precision == 'fp16'
+    self._pending, vals, fp16 = [], torch.stack(vals).double().cpu().tolist(), self.precision == 'fp16'
     for s, lr, (loss, norm) in zip(steps, lrs, vals):
-        for key, v in zip(self.history, (s, loss, norm, lr, int(fp16 and not math.isfinite(norm)))): self.history[key].append(v)
-    bad = next(((s, l, g) for s, (l, g) in zip(steps, vals) if not math.isfinite(l) or (not fp16 and not math.isfinite(g))), None)
-    if bad: raise FloatingPointError(f'the training loss is {bad[1]:g} (gradient norm {bad[2]:g}) at step {bad[0]}: training '
+        skipped = fp16 and not math.isfinite(norm)                      # fp16: an overflow, and the scaler skipped it
+        for key, v in zip(self.history, (s, loss, norm, lr, int(skipped))): self.history[key].append(v)
+        if not math.isfinite(loss) or (not fp16 and not math.isfinite(norm)):
+            raise FloatingPointError(f'the training loss is {loss:g} (gradient norm {norm:g}) at step {s}: training '
                                      f'stopped. {self._divergence_help()}')
 
 @patch
 def _divergence_help(self:Learner)->str:
     "Where to go on from a diverged run"
-    where = (f'The last good checkpoint is {self.saved_path} (step {self.saved_step}): resume from it' if self.saved_path
-             else 'No checkpoint was written: start again')
-    return f'{where} with a lower lr (now {self.lr:g}){"" if self.grad_clip else ", with grad_clip on"}, or check the data and the model.'
+    where = 'No checkpoint was written: start again'
+    if self.saved_path: where = f'The last good checkpoint is {self.saved_path} (step {self.saved_step}): resume from it'
+    clip = '' if self.grad_clip else ', with grad_clip on'
+    return f'{where} with a lower lr (now {self.lr:g}){clip}, or check the data and the model.'
 
 @patch
 def _log(self:Learner)->None:
@@ -378,7 +411,8 @@ def fit(self:Learner,
     "Train to step `n_steps`"
     check_int(n_steps, 'n_steps', 0)
     if n_steps < self.step:
-        raise ValueError(f'n_steps={n_steps} is before the current step {self.step}: fit trains *to* a step, so pass n_steps >= {self.step}')
+        raise ValueError(f'n_steps={n_steps} is before the current step {self.step}: fit trains *to* a step, so pass '
+                         f'n_steps >= {self.step}')
     extra = list(cbs); self.cbs += extra; self.n_steps = n_steps
     self._log_time = time.perf_counter()
     try: self._with_cbs('fit', self._steps); self._pull()          # history holds every step when fit returns
@@ -401,7 +435,8 @@ def sync_ema(self:Learner)->nn.Module: # the EMA model, with the current EMA wei
     "Make `ema_model` current: gathers the EMA's shards in a sharded (FSDP) run, so every process must call it"
     if self.sharded and self._ema_at != self.step:
         with torch.no_grad():
-            for pe, p, e in zip(self.ema_model.parameters(), self.model.parameters(), self._ema_local): pe.copy_(dist.gather_local(e, p))
+            for pe, p, e in zip(self.ema_model.parameters(), self.model.parameters(), self._ema_local):
+                pe.copy_(dist.gather_local(e, p))
             for be, b in zip(self.ema_model.buffers(), self.model.buffers()): be.copy_(dist.full(b))
     self._ema_at = self.step
     return self.ema_model
@@ -414,10 +449,13 @@ def eval_mode(self:Learner, ema:bool=True, # the EMA weights (True) or the train
     "Yield the EMA (or raw) model in eval mode under no_grad; the raw model's mode is restored after"
     if not self.sharded: m = self.ema_model if ema else self.model
     elif ema:
-        if self._ema_at != self.step: raise RuntimeError(f'the sharded EMA weights were last gathered at step {self._ema_at}, '
-                                                         f'the run is at step {self.step}: call learn.sync_ema() on every process first')
+        if self._ema_at != self.step: raise RuntimeError(f'the sharded EMA weights were last gathered at step '
+                                                         f'{self._ema_at}, '
+                                                         f'the run is at step {self.step}: call learn.sync_ema() on '
+                                                         f'every process first')
         m = self.ema_model
-    else:                                                # FSDP: the trained weights gathered into a plain copy (collective)
+    # FSDP: the trained weights gathered into a plain copy (collective)
+    else:
         m = copy.deepcopy(self.ema_model); m.load_state_dict(dist.full_state(self.model))
     was = m.training
     m.eval()
@@ -435,7 +473,8 @@ def eval_loss(self:Learner,
              )->dict: # {'loss': mean nats per example, 'bpd': bits/dim, 'n': number of examples}
     "Mean loss of `data` with fixed times and noise, under the EMA or the trained weights"
     data = self.data if data is None else _check_data(data, self.loss_func).to(self.accelerator.device)
-    E, seed, acc = check_int(batch_size or self.batch_size, 'batch_size', 1), self.seed if seed is None else seed, self.accelerator
+    E, acc = check_int(batch_size or self.batch_size, 'batch_size', 1), self.accelerator
+    seed = self.seed if seed is None else seed
     out = []
     with self.eval_mode(ema) as m:
         objective = Objective(m, self.loss_func, self.precision, self.channels_last)
@@ -444,7 +483,7 @@ def eval_loss(self:Learner,
             t, eps, eps_0 = step_noise(j, len(xb), tuple(xb.shape[1:]), seed, self.loss_func.time_sampler,
                                        self.loss_func.vocab_size is not None, acc.device, self.dtype, stream='eval')
             r = torch.tensor_split(torch.arange(len(xb)), acc.num_processes)[acc.process_index]
-            if len(r): out.append(objective(xb[r], t[r], eps[r], None if eps_0 is None else eps_0[r])['total'].double().cpu())
-    total = torch.cat(dist.gather_objects(torch.cat(out) if out else torch.zeros(0, dtype=torch.float64), acc))
+            if len(r): out.append(objective(xb[r], t[r], eps[r], None if eps_0 is None else eps_0[r])['total'].double())
+    total = torch.cat(dist.gather_objects(torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64), acc))
     loss = total.mean().item()
     return {'loss': loss, 'bpd': bits_per_dim(loss, self.n_dims), 'n': len(total)}

@@ -46,10 +46,11 @@ def _softplus_minus_sigmoid(l:Tensor)->Tensor:
     return torch.where(l < -5., series, softplus - torch.sigmoid(l))
 
 def _per_example(value, like:Tensor, name:str, check:bool=True)->Tensor:
-    "A scalar or (B,) log-SNR as a tensor of like's dtype (checked finite if `check`), padded to broadcast against `like`"
+    "A scalar or (B,) log-SNR as a tensor of like's dtype (checked finite if `check`), padded to broadcast with `like`"
     value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if value.ndim > 1 or (value.ndim == 1 and value.shape[0] not in (1, like.shape[0])):
-        raise ValueError(f'{name} has shape {tuple(value.shape)}: pass a scalar or one value per example ({like.shape[0]},)')
+        raise ValueError(f'{name} has shape {tuple(value.shape)}: pass a scalar or one value per example '
+                         f'({like.shape[0]},)')
     if check: check_finite(name, value)
     return append_dims(value, like.ndim)
 
@@ -82,7 +83,8 @@ def reconstruction_loss(k:Tensor, # integer data (B, ...) in {0, ..., V-1}
     x_k = encode(torch.arange(vocab_size, device=z_0.device), vocab_size, dtype=z_0.dtype, check=False)
     logits = -0.5*((z_0[..., None] - alpha[..., None]*x_k)/sigma[..., None])**2     # = -1/2 e^lambda (z/alpha - x_k)^2
     nll = -torch.log_softmax(logits, -1).gather(-1, k.long()[..., None])[..., 0].flatten(1).sum(1)
-    if check: check_finite('the reconstruction loss', nll, f'lambda_max={l.max().item():g} is beyond what {z_0.dtype} holds.')
+    if check: check_finite('the reconstruction loss', nll,
+                           f'lambda_max={l.max().item():g} is beyond what {z_0.dtype} holds.')
     return nll
 
 # %% ../nbs/04_losses.ipynb #ec941f1d
@@ -90,7 +92,8 @@ def _sq_err(eps:Tensor, eps_hat:Tensor, check:bool=True)->Tensor:
     "||eps - eps_hat||^2 per example, after checking shapes (and, with `check`, finiteness)"
     if eps.shape != eps_hat.shape:
         raise ValueError(f'eps {tuple(eps.shape)} and eps_hat {tuple(eps_hat.shape)} must have the same shape')
-    if check: check_finite('eps', eps); check_finite('eps_hat', eps_hat, 'The model output is not finite: check the model.')
+    if check: check_finite('eps', eps); check_finite('eps_hat', eps_hat,
+                                                     'The model output is not finite: check the model.')
     return (eps - eps_hat).square().flatten(1).sum(1)
 
 def discrete_diffusion_loss(eps:Tensor, # the noise (B, ...)
@@ -105,7 +108,8 @@ def discrete_diffusion_loss(eps:Tensor, # the noise (B, ...)
     if check:
         check_finite('logsnr_s', logsnr_s); check_finite('logsnr_t', logsnr_t)
         if bool((logsnr_s < logsnr_t).any()):
-            raise ValueError('logsnr_s < logsnr_t: s comes before t, so lambda_s >= lambda_t (is the schedule decreasing?)')
+            raise ValueError('logsnr_s < logsnr_t: s comes before t, so lambda_s >= lambda_t (is the '
+                             'schedule decreasing?)')
     return 0.5*n_steps*torch.expm1(logsnr_s - logsnr_t)*_sq_err(eps, eps_hat, check)
 
 # %% ../nbs/04_losses.ipynb #a1165263
@@ -113,7 +117,8 @@ def continuous_diffusion_loss(eps:Tensor, # the noise (B, ...)
                               eps_hat:Tensor, # its prediction (B, ...)
                               logsnr:Tensor, # lambda ~ p, (B,)
                               pdf, # p(lambda) > 0 as a (B,) tensor, or an object with .pdf(logsnr) (a schedule)
-                              weight=None, # w(lambda) as a (B,) tensor, an object with .w(logsnr), or None (w = 1, the ELBO)
+                              # w(lambda) as a (B,) tensor, an object with .w(logsnr), or None (w = 1, the ELBO)
+                              weight=None,
                               check:bool=True, # validate the values (host syncs); the training step passes False
                              )->Tensor: # 1/2 w(lambda)/p(lambda) ||eps - eps_hat||^2 in nats, (B,)
     "Continuous-time diffusion loss, weighted by w and importance-sampled from p (slides eq. 57, 59)"
@@ -124,7 +129,8 @@ def continuous_diffusion_loss(eps:Tensor, # the noise (B, ...)
     ratio = 1/pdf if weight is None else weight/pdf
     if check:
         check_finite('pdf', pdf)
-        if bool((pdf <= 0).any()): raise ValueError('pdf must be > 0 at every sampled logsnr: it is the density lambda was drawn from')
+        if bool((pdf <= 0).any()): raise ValueError('pdf must be > 0 at every sampled logsnr: it is the density '
+                                                    'lambda was drawn from')
         check_finite('weight/pdf', ratio, 'Check the weighting on the sampled logsnr range.')
     return 0.5*ratio*_sq_err(eps, eps_hat, check)
 
@@ -173,26 +179,30 @@ class VDMLoss(nn.Module):
                 ):
         super().__init__()
         if not isinstance(schedule, Schedule):
-            raise TypeError(f'schedule must be a vdm_nb.schedules.Schedule (subclass it and implement _logsnr), got {type(schedule).__name__}')
+            raise TypeError(f'schedule must be a vdm_nb.schedules.Schedule (subclass it and implement _logsnr), got '
+                            f'{type(schedule).__name__}')
         check_choice(pred, 'pred', PREDS); check_choice(time_sampler, 'time_sampler', SAMPLERS)
         check_choice(process, 'process', PROCESSES); check_int(n_steps, 'n_steps', 0, fix='(0 = continuous time)')
         if vocab_size is not None: check_int(vocab_size, 'vocab_size', 2, fix='(or None for continuous data)')
         if isinstance(weighting, str):
             try: weighting = get_weighting(weighting)
             except ValueError as err: raise ValueError(f'weighting does not exist: {err}') from None
-        if not callable(getattr(weighting, 'w', None)): raise ValueError('weighting must be a name or an object with a .w(logsnr) method')
+        if not callable(getattr(weighting, 'w', None)): raise ValueError('weighting must be a name or an object with a '
+                '.w(logsnr) method')
         self.elbo = isinstance(weighting, ELBOWeighting)
         if n_steps and not self.elbo:
             raise ValueError("n_steps > 0 is VDM's T-step ELBO: use weighting='elbo', or n_steps=0 for a weighted loss")
         if variance_min and not any(p.requires_grad for p in schedule.parameters()):
-            raise ValueError('variance_min=True needs a schedule with trainable parameters, e.g. LearnedMonotoneSchedule')
+            raise ValueError('variance_min=True needs a schedule with trainable parameters, e.g. '
+                             'LearnedMonotoneSchedule')
         _check_decreasing(schedule)
         self.schedule, self.weighting, self.pred, self.vocab_size = schedule, weighting, pred, vocab_size
         self.n_steps, self.time_sampler, self.process, self.sigma_data = n_steps, time_sampler, process, sigma_data
         self.variance_min, self.adapt = variance_min, adapt
 
     def extra_repr(self):
-        return (f'weighting={self.weighting!r}, pred={self.pred!r}, vocab_size={self.vocab_size}, n_steps={self.n_steps}, '
+        return (f'weighting={self.weighting!r}, pred={self.pred!r}, vocab_size={self.vocab_size}, '
+                f'n_steps={self.n_steps}, '
                 f'time_sampler={self.time_sampler!r}, process={self.process!r}, variance_min={self.variance_min}')
 
 @torch.no_grad()
@@ -202,15 +212,18 @@ def _check_decreasing(schedule:Schedule)->None:
     t = torch.linspace(0, 1, 257, device=None if ref is None else ref.device)
     l, d = schedule.logsnr(t), schedule.dlogsnr_dt(t)
     if not bool(torch.isfinite(l).all() & torch.isfinite(d).all() & (d < 0).all() & (l.diff() < 0).all()):
-        raise ValueError(f'{type(schedule).__name__}.logsnr(t) must be finite and strictly decreasing with dlogsnr_dt(t) < 0 '
+        raise ValueError(f'{type(schedule).__name__}.logsnr(t) must be finite and strictly decreasing with '
+                         f'dlogsnr_dt(t) < 0 '
                          'on [0, 1]: fix the schedule')
 
 # %% ../nbs/04_losses.ipynb #1ed6d78e
 @patch
 def _check_kind(self:VDMLoss, data:Tensor)->Tensor:
     "Shape and dtype of a batch against the loss's settings (free: no value is looked at)"
-    if data.ndim < 2: raise ValueError(f'data has shape {tuple(data.shape)}: pass a batch (B, ...) with at least one data dim')
-    if data.dtype == torch.bool or data.is_complex(): raise ValueError(f'data have dtype {data.dtype}: pass integers or floats')
+    if data.ndim < 2: raise ValueError(f'data has shape {tuple(data.shape)}: pass a batch (B, ...) with at '
+                                       f'least one data dim')
+    if data.dtype == torch.bool or data.is_complex(): raise ValueError(f'data have dtype {data.dtype}: pass '
+            f'integers or floats')
     if self.vocab_size is None and not data.is_floating_point():
         raise ValueError('data are integers but vocab_size=None: pass vocab_size=V for discrete data')
     return data
@@ -218,7 +231,7 @@ def _check_kind(self:VDMLoss, data:Tensor)->Tensor:
 @patch
 def validate(self:VDMLoss, data:Tensor, # a batch or a whole data set (N, ...)
             )->Tensor: # data, as a tensor
-    "Check data once where they enter: values in the vocabulary (or finite), and the schedule's endpoints in their dtype"
+    "Check data once where they enter: values in the vocabulary (or finite), the schedule's endpoints in their dtype"
     data = self._check_kind(torch.as_tensor(data))
     if self.vocab_size is None: check_finite('data x', data, 'Remove or fix the non-finite examples.')
     else: check_vocab(data, self.vocab_size)
@@ -251,14 +264,16 @@ def forward(self:VDMLoss,
         if T:
             i = torch.floor(t*T) + 1                                  # step i in {1..T}: s = (i-1)/T, t = i/T
             logsnr_t, logsnr_s = (self.schedule.logsnr(u, check=False).to(dtype) for u in (i/T, (i - 1)/T))
-        else: logsnr_t, dlogsnr = (f(t, check=False).to(dtype) for f in (self.schedule.logsnr, self.schedule.dlogsnr_dt))
+        else:
+            logsnr_t = self.schedule.logsnr(t, check=False).to(dtype)
+            dlogsnr = self.schedule.dlogsnr_dt(t, check=False).to(dtype)
     z, eps = diffuse(x, logsnr_t, eps, self.process)
     out = model(z, logsnr_t)                                          # the network may run under autocast
     if not torch.is_tensor(out) or out.shape != z.shape:
         raise ValueError(f'model(z, logsnr) must return a tensor of the shape of z, {tuple(z.shape)}')
     with torch.autocast(dev.type, enabled=False):                 # the loss in float32 (or float64)
         out = out.to(dtype)
-        if check: check_finite('model output', out, f'The model returned NaN/inf (pred={self.pred!r}): check the model.')
+        if check: check_finite('model output', out, f'The model (pred={self.pred!r}) returned NaN/inf: check it.')
         eps_hat = to_eps(out, z, logsnr_t, self.pred, self.process, self.sigma_data)
         if T: terms = {'diffusion': discrete_diffusion_loss(eps, eps_hat, logsnr_s, logsnr_t, T, check=False)}
         else:
@@ -268,7 +283,8 @@ def forward(self:VDMLoss,
             self._variance_min_hooks(terms['diffusion'], (logsnr_t, logsnr_s) if T else (logsnr_t, dlogsnr))
         if V is not None: terms.update(self._prior_recon(data, x, eps_0, generator))
         if check:
-            for name, v in terms.items(): check_finite(f'the {name!r} loss', v, 'Check the model, the schedule and the data.')
+            for name, v in terms.items(): check_finite(f'the {name!r} loss', v,
+                                                       'Check the model, the schedule and the data.')
         terms['total'] = sum(terms.values())
         terms['logsnr'] = logsnr_t.detach()
     if (self.adapt and self.training) if adapt is None else adapt: self.adapt_schedule(t, terms)

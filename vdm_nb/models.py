@@ -127,7 +127,8 @@ class ScoreUNet(nn.Module):
                  attention:bool=True, # self-attention between the two middle ResNet blocks
                  n_heads:int=1, # attention heads (must divide C)
                  fourier_range:tuple|None=(7, 8), # Fourier features sin/cos(2^n pi z), n = n_min..n_max; None: off
-                 logsnr_range:tuple=(-5.0, 13.3), # (lambda_min, lambda_max) mapped to c = 1, 0 (VDM: gamma in [-13.3, 5])
+                 # (lambda_min, lambda_max) mapped to c = 1, 0 (VDM: gamma in [-13.3, 5])
+                 logsnr_range:tuple=(-5.0, 13.3),
                  pred:str='eps', # what the output means: 'eps', 'x', 'v' or 'F'
                  norm_groups:int=32, # GroupNorm groups (must divide C)
                 ):
@@ -135,9 +136,12 @@ class ScoreUNet(nn.Module):
         for name, v, low in (('in_channels', in_channels, 1), ('channels', channels, 4), ('n_blocks', n_blocks, 0),
                              ('n_heads', n_heads, 1), ('norm_groups', norm_groups, 1)): check_int(v, name, low)
         check_float(dropout, 'dropout', 0, 1, high_open=True)
-        if channels % 2: raise ValueError(f'channels={channels} must be even (it is also the size of the lambda embedding)')
-        if channels % norm_groups: raise ValueError(f'channels={channels} must be divisible by norm_groups={norm_groups}')
-        if attention and channels % n_heads: raise ValueError(f'channels={channels} must be divisible by n_heads={n_heads}')
+        if channels % 2: raise ValueError(f'channels={channels} must be even (it is also the size of the '
+                                          f'lambda embedding)')
+        if channels % norm_groups: raise ValueError(f'channels={channels} must be divisible by '
+                                                    f'norm_groups={norm_groups}')
+        if attention and channels % n_heads: raise ValueError(f'channels={channels} must be divisible by '
+                                                              f'n_heads={n_heads}')
         check_choice(pred, 'pred', PREDS)
         self.in_channels, self.channels, self.pred = in_channels, channels, pred
         self.fourier_range, self.logsnr_range = _check_fourier_range(fourier_range), _check_logsnr_range(logsnr_range)
@@ -150,7 +154,8 @@ class ScoreUNet(nn.Module):
         self.mid1, self.mid2 = block(channels), block(channels)
         self.attn = AttnBlock(channels, n_heads, norm_groups) if attention else nn.Identity()
         self.up = nn.ModuleList(block(2*channels) for _ in range(n_blocks + 1))
-        self.norm_out, self.conv_out = nn.GroupNorm(norm_groups, channels), nn.Conv2d(channels, in_channels, 3, padding=1)
+        self.norm_out, self.conv_out = nn.GroupNorm(norm_groups, channels), nn.Conv2d(channels, in_channels, 3,
+                padding=1)
         nn.init.zeros_(self.conv_out.weight); nn.init.zeros_(self.conv_out.bias)
 
     def extra_repr(self): return f'pred={self.pred!r}, fourier_range={self.fourier_range}, logsnr_range={self.logsnr_range}'
@@ -175,11 +180,14 @@ class ScoreUNet(nn.Module):
 
 # %% ../nbs/06_models.ipynb #e8d83e5e
 UNET_PRESETS = {
-    'cifar10': dict(in_channels=3, channels=128, n_blocks=32, dropout=0.1, attention=False, n_heads=1, fourier_range=(7, 8),
+    'cifar10': dict(in_channels=3, channels=128, n_blocks=32, dropout=0.1, attention=False, n_heads=1, fourier_range=(7,
+            8),
                     norm_groups=32),
-    'fmnist':  dict(in_channels=1, channels=64, n_blocks=8, dropout=0.1, attention=True, n_heads=1, fourier_range=(7, 8),
+    'fmnist':  dict(in_channels=1, channels=64, n_blocks=8, dropout=0.1, attention=True, n_heads=1,
+                    fourier_range=(7, 8),
                     norm_groups=32),
-    'digits':  dict(in_channels=1, channels=64, n_blocks=2, dropout=0.0, attention=True, n_heads=1, fourier_range=(3, 4),
+    'digits':  dict(in_channels=1, channels=64, n_blocks=2, dropout=0.0, attention=True, n_heads=1,
+                    fourier_range=(3, 4),
                     norm_groups=8),
 }
 

@@ -38,7 +38,8 @@ class _Oracle:
         "`logsnr` as a (B, 1) or (1, 1) column of z's dtype; ValueError unless a scalar or one value per example"
         l = torch.as_tensor(logsnr, dtype=z.dtype, device=z.device)
         if l.ndim > 1 or (l.ndim == 1 and l.shape[0] not in (1, z.shape[0])):
-            raise ValueError(f"logsnr has shape {tuple(l.shape)}: pass a scalar or one value per example, shape ({z.shape[0]},)")
+            raise ValueError(f"logsnr has shape {tuple(l.shape)}: pass a scalar or one value per example, shape "
+                             f"({z.shape[0]},)")
         if not bool(torch.isfinite(l).all()): raise ValueError("logsnr has NaN or infinite values")
         return l.reshape(-1, 1)
 
@@ -74,7 +75,8 @@ class _Oracle:
             x_hat, eps_hat, _ = self._posterior(z, logsnr)
             if pred == 'eps': return eps_hat
             if pred == 'x': return x_hat
-            return target(x_hat, eps_hat, torch.as_tensor(logsnr, dtype=z.dtype, device=z.device), pred, self.process, sigma_data)
+            return target(x_hat, eps_hat, torch.as_tensor(logsnr, dtype=z.dtype, device=z.device), pred, self.process,
+                          sigma_data)
         return model
 
 # %% ../nbs/05_oracle.ipynb #266276ab
@@ -88,9 +90,11 @@ class GaussianOracle(_Oracle):
         _check_process(process)
         mu = torch.as_tensor(mu, dtype=torch.float64)
         if mu.ndim == 0:
-            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1: raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1: raise ValueError(f"dim must be an int "
+                    f">= 1, got {dim!r}")
             mu = mu.expand(dim).clone()
-        if mu.ndim != 1 or mu.numel() < 1: raise ValueError(f"mu has shape {tuple(mu.shape)}: pass a scalar or a vector of shape (D,)")
+        if mu.ndim != 1 or mu.numel() < 1: raise ValueError(f"mu has shape {tuple(mu.shape)}: pass a scalar or a "
+                                                            f"vector of shape (D,)")
         if not bool(torch.isfinite(mu).all()): raise ValueError("mu has NaN or infinite values")
         try: s_ = float(s)
         except (TypeError, ValueError, RuntimeError): raise ValueError(f"s={s!r} must be one finite float > 0") from None
@@ -187,7 +191,8 @@ def recon_loss(self:GaussianOracle, logsnr_max:Tensor|float, # lambda_max = lamb
 
 # %% ../nbs/05_oracle.ipynb #774a16b8
 @patch
-def discrete_diffusion_loss(self:GaussianOracle, logsnr_grid:Tensor, # (T+1,) lambda(i/T) for i = 0..T, strictly decreasing
+# (T+1,) lambda(i/T) for i = 0..T, strictly decreasing
+def discrete_diffusion_loss(self:GaussianOracle, logsnr_grid:Tensor,
                             x:Tensor|None=None, # data (B, D); None: also average over x ~ q
                            )->Tensor: # sum_i 1/2 expm1(lambda_(i-1) - lambda_i) E||eps - eps_hat(z_(t_i))||^2, nats
     "T-step diffusion loss of the exact denoiser (VDM, slides eq. 38-44)"
@@ -202,7 +207,8 @@ def vlb(self:GaussianOracle, schedule, # a vdm_nb.schedules object: logsnr_min, 
         n_steps:int=0, # T; 0 for continuous time
        )->dict: # 'prior', 'diffusion', 'recon', 'total' in nats, as VDMLoss names them
     "Exact negative VLB of the exact denoiser with the continuous decoder, term by term"
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0: raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0: raise ValueError(f"n_steps must be an "
+            f"int >= 0, got {n_steps!r}")
     lo, hi = float(schedule.logsnr_min), float(schedule.logsnr_max)
     if n_steps: diff = self.discrete_diffusion_loss(schedule.logsnr(torch.arange(n_steps + 1, dtype=torch.float64)/n_steps).detach(), x)
     else: diff = self.diffusion_loss(lo, hi, x)
@@ -217,7 +223,8 @@ def loss_variance(self:GaussianOracle, schedule, # a vdm_nb.schedules object: lo
                   n:int=20001, # odd number of points of Simpson's rule on t in [0, 1]
                  )->Tensor: # Var of 1/2 w (-dlambda/dt) ||eps - eps_hat||^2 for one example, t ~ U(0, 1), x ~ q
     "Exact variance of the one-example Monte Carlo diffusion loss with i.i.d. times, by quadrature in t"
-    if isinstance(n, bool) or not isinstance(n, int) or n < 3 or n % 2 == 0: raise ValueError(f"n must be an odd int >= 3, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 3 or n % 2 == 0: raise ValueError(f"n must be an odd int "
+            f">= 3, got {n!r}")
     t = torch.linspace(0, 1, n, dtype=torch.float64)
     l, dl = schedule.logsnr(t).detach().double(), schedule.dlogsnr_dt(t).detach().double()
     w = torch.ones_like(l) if weighting is None else weighting.w(l).detach().double()
@@ -248,12 +255,16 @@ class MixtureOracle(_Oracle):
         m, s, w = (torch.as_tensor(v, dtype=torch.float64) for v in (means, stds, weights))
         if m.ndim != 2 or m.numel() < 1: raise ValueError(f"means has shape {tuple(m.shape)}: pass (K, D)")
         K = m.shape[0]
-        if s.shape != (K,): raise ValueError(f"stds has shape {tuple(s.shape)} but means has K={K} rows: pass shape ({K},)")
-        if w.shape != (K,): raise ValueError(f"weights has shape {tuple(w.shape)} but means has K={K} rows: pass shape ({K},)")
+        if s.shape != (K,): raise ValueError(f"stds has shape {tuple(s.shape)} but means has K={K} rows: "
+                                             f"pass shape ({K},)")
+        if w.shape != (K,): raise ValueError(f"weights has shape {tuple(w.shape)} but means has K={K} rows: "
+                                             f"pass shape ({K},)")
         if not bool(torch.isfinite(m).all()): raise ValueError("means has NaN or infinite values")
-        if not bool(((s > 0) & torch.isfinite(s)).all()): raise ValueError(f"stds must be finite and > 0, got {s.tolist()}")
+        if not bool(((s > 0) & torch.isfinite(s)).all()): raise ValueError(f"stds must be finite and > 0, "
+                f"got {s.tolist()}")
         if not bool((w > 0).all()): raise ValueError(f"weights must be > 0, got {w.tolist()}: drop the empty components")
-        if abs(float(w.sum()) - 1) > 1e-6: raise ValueError(f"weights sum to {float(w.sum())}, not 1: divide them by their sum")
+        if abs(float(w.sum()) - 1) > 1e-6: raise ValueError(f"weights sum to {float(w.sum())}, not 1: divide "
+                                                            f"them by their sum")
         self.means, self.stds, self.weights, self.process = m, s, w/w.sum(), process
         self.dim, self.n_components = m.shape[1], K
 
@@ -262,7 +273,8 @@ class MixtureOracle(_Oracle):
     def _components(self, y:Tensor, scale:Tensor, log_var:Tensor):
         "(B, K) log pi_k + log N(y; scale m_k, e^log_var I), and the (B, K, D) offsets y - scale m_k"
         d = y[:, None, :] - scale[..., None]*self.means.to(y)
-        logp = self.weights.to(y).log() - 0.5*(self.dim*(math.log(2*math.pi) + log_var) + (d**2).sum(-1)*torch.exp(-log_var))
+        logp = self.weights.to(y).log() - 0.5*(self.dim*(math.log(2*math.pi) + log_var)
+                                               + (d**2).sum(-1)*torch.exp(-log_var))
         return logp, d
 
     def _posterior(self, z, logsnr):
@@ -289,7 +301,8 @@ class MixtureOracle(_Oracle):
                 )->Tensor: # log q(x), shape (B,)
         "Exact log-density of the data (log-sum-exp over the components)"
         x = self._data(x)
-        return torch.logsumexp(self._components(x, torch.ones(1, 1, dtype=x.dtype, device=x.device), 2*self.stds.to(x).log())[0], -1)
+        return torch.logsumexp(self._components(x, torch.ones(1, 1, dtype=x.dtype, device=x.device),
+                                                2*self.stds.to(x).log())[0], -1)
 
     def sample(self, n:int, # number of examples
                generator:torch.Generator|None=None, # random generator

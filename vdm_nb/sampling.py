@@ -45,7 +45,8 @@ def _check_common(model, shape, n_steps, schedule, pred, process, sigma_data, vo
         raise ValueError(f"sigma_data={sigma_data!r} must be a number > 0 (EDM: 0.5)")
     if vocab_size is not None: check_int(vocab_size, 'vocab_size', 2, fix='Use None for continuous data.')
     if not isinstance(clip_x, bool): raise TypeError(f"clip_x={clip_x!r} must be True or False")
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point): raise TypeError(f"dtype={dtype!r} must be a floating torch dtype")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point): raise TypeError(f"dtype={dtype!r} must be a "
+            f"floating torch dtype")
     return shape, pred
 
 def _device(model, device)->torch.device:
@@ -96,7 +97,8 @@ def _denoiser(model, pred:str, process:str, sigma_data:float, clip_x:bool, batch
         out = model(z, torch.full((batch,), l, dtype=dtype, device=device))
         if not isinstance(out, Tensor) or out.shape != z.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"the model returned {got} for z of shape {tuple(z.shape)}: it must return a tensor of z's shape")
+            raise ValueError(f"the model returned {got} for z of shape {tuple(z.shape)}: it must return a "
+                             f"tensor of z's shape")
         out = out.to(dtype)
         x_hat = to_x(out, z, l, pred, process, sigma_data)
         if not clip_x: return x_hat, to_eps(out, z, l, pred, process, sigma_data)
@@ -108,7 +110,8 @@ def _denoiser(model, pred:str, process:str, sigma_data:float, clip_x:bool, batch
 def _finish(x, vocab_size, traj, return_trajectory):
     "Check the sample, decode it to integers when asked, attach the trajectory when asked"
     if not bool(torch.isfinite(x).all()):
-        raise ValueError("the sample has NaN or infinite values because the model's output was not finite: check the model "
+        raise ValueError("the sample has NaN or infinite values because the model's output was not finite: "
+                         "check the model "
                          "(or sample in float64)")
     if vocab_size is not None: x = decode(x, vocab_size)
     if not return_trajectory: return x
@@ -182,7 +185,8 @@ def ddim_sample(model, # network model(z, logsnr) -> output of kind `pred`
             d = grid[i] - grid[i - 1]                                # lambda_t - lambda_s < 0
             c = -math.expm1(d)                                       # 1 - e^d = sigma_Q^2 / sigma_s^2
             z = alpha[i - 1]*x_hat + sigma[i - 1]*math.sqrt(math.exp(d) + (1 - eta**2)*c)*eps_hat
-            if eta > 0: z = z + sigma[i - 1]*eta*math.sqrt(c)*torch.randn(shape, generator=generator, device=device, dtype=dtype)
+            if eta > 0: z = z + sigma[i - 1]*eta*math.sqrt(c)*torch.randn(shape, generator=generator, device=device,
+                    dtype=dtype)
     return _finish(x_hat, vocab_size, traj, return_trajectory)
 
 # %% ../nbs/08_sampling.ipynb #b52048cc
@@ -199,7 +203,8 @@ def heun_sample(model, # network model(z, logsnr) -> output of kind `pred`
                 sigma_data:float=0.5, # EDM's sigma_data, used by pred 'F'
                 vocab_size:int|None=None, # V: return integers in {0..V-1} (losses.decode); None: continuous x
                 clip_x:bool=False, # clamp the denoised D(x; sigma) to [-1, 1] (image data only)
-                return_trajectory:bool=False, # also return a dict of the lambda, z and x_hat of each step's first evaluation
+                # also return a dict of the lambda, z and x_hat of each step's first evaluation
+                return_trajectory:bool=False,
                 pred:str|None=None, # output kind of the model; None: model.pred, else 'eps'
                 z_init:Tensor|None=None, # the latent at t = 1 in the process's coordinates; None: drawn from the prior
                 device:torch.device|str|None=None, # None: the model's device, else the CPU
@@ -226,15 +231,18 @@ def heun_sample(model, # network model(z, logsnr) -> output of kind `pred`
     traj = ([], [], [])
     with torch.no_grad():
         z = _start(z_init, shape, lam[0], process, generator, device, dtype)
-        x = z*math.exp(-float(log_alpha_sigma(torch.tensor(lam[0], dtype=torch.float64), process)[0]))   # VE state z/alpha
+        # VE state z/alpha
+        x = z*math.exp(-float(log_alpha_sigma(torch.tensor(lam[0], dtype=torch.float64), process)[0]))
         for i in range(n_steps):
             gamma = gamma_max if s_tmin <= sig[i] <= s_tmax else 0.
             s_hat = sig[i]*(1 + gamma)
             if gamma > 0:
-                x = x + math.sqrt(s_hat**2 - sig[i]**2)*s_noise*torch.randn(shape, generator=generator, device=device, dtype=dtype)
+                x = x + math.sqrt(s_hat**2 - sig[i]**2)*s_noise*torch.randn(shape, generator=generator, device=device,
+                        dtype=dtype)
             x_hat, d, z = denoise(x, s_hat)                          # d = (x - D(x; sigma))/sigma = eps_hat
             if return_trajectory: traj[0].append(-2*math.log(s_hat)); traj[1].append(z); traj[2].append(x_hat)
-            if sig[i + 1] == 0: x = x_hat; break                      # Euler step to sigma = 0: x - sigma d = D(x; sigma)
+            # Euler step to sigma = 0: x - sigma d = D(x; sigma)
+            if sig[i + 1] == 0: x = x_hat; break
             h = sig[i + 1] - s_hat
             _, d2, _ = denoise(x + h*d, sig[i + 1])
             x = x + h*(d + d2)/2

@@ -29,7 +29,8 @@ def _check_t(t, check:bool=True) -> Tensor:
     if not check: return t
     bad = ~((t >= 0) & (t <= 1))                                   # also catches NaN
     if bad.any():
-        raise ValueError(f"t must lie in [0, 1] and not be NaN, got {t[bad].flatten()[:4].tolist()}; clamp or rescale t")
+        raise ValueError(f"t must lie in [0, 1] and not be NaN, got {t[bad].flatten()[:4].tolist()}; "
+                         "clamp or rescale t")
     return t
 
 class Schedule(nn.Module):
@@ -100,7 +101,8 @@ def _check_logsnr(self:Schedule, logsnr) -> Tensor:
     tol = 64 * torch.finfo(l.dtype).eps * (1 + max(abs(lo.detach().item()), abs(hi.detach().item())))
     bad = ~((l >= lo.detach() - tol) & (l <= hi.detach() + tol))
     if bad.any():
-        raise ValueError(f"logsnr must lie in [logsnr_min, logsnr_max] = [{lo.detach().item():.6g}, {hi.detach().item():.6g}], "
+        raise ValueError(f"logsnr must lie in [logsnr_min, logsnr_max] = [{lo.detach().item():.6g}, "
+                         f"{hi.detach().item():.6g}], "
                          f"got {l[bad].flatten()[:4].tolist()}; clamp it or use a schedule with a wider range")
     return torch.minimum(torch.maximum(l, lo), hi)
 
@@ -218,7 +220,8 @@ class InterpolatedCosineSchedule(Schedule):
         self.s_low, self.s_high = math.log(low / image_size), math.log(high / image_size)
         self._lmin, self._lmax = check_logsnr_range(-15 + 2 * self.s_low if logsnr_min is None else logsnr_min,
                                               15 + 2 * self.s_high if logsnr_max is None else logsnr_max)
-        cmin, cmax = check_logsnr_range(self._lmin - 2 * self.s_low, self._lmax - 2 * self.s_high)   # the cosine's own ends
+        # the cosine's own ends
+        cmin, cmax = check_logsnr_range(self._lmin - 2 * self.s_low, self._lmax - 2 * self.s_high)
         self._a0, self._b1 = _atan_exp(-cmax / 2), _atan_exp(cmin / 2)
         self._du = math.pi / 2 - self._a0 - self._b1
         if self.s_low - self.s_high >= 2 * self._du:
@@ -253,10 +256,12 @@ class EDMTrainingSchedule(Schedule):
         self.mu, self.sd = -2 * self.p_mean, 2 * self.p_std                 # lambda = -2 ln sigma
         zlo, zhi = (self._lmin - self.mu) / self.sd, (self._lmax - self.mu) / self.sd
         self._q0, self._q1 = _ndtr(-zhi), _ndtr(zlo)                        # P(above lambda_max), P(below lambda_min)
-        self._Z = (_ndtr(-zlo) - self._q0 if zlo >= 0 else _ndtr(zhi) - self._q1 if zhi <= 0 else 1 - self._q0 - self._q1)
+        self._Z = (_ndtr(-zlo) - self._q0 if zlo >= 0 else _ndtr(zhi) - self._q1 if zhi <= 0
+                   else 1 - self._q0 - self._q1)
         self._logc = math.log(math.sqrt(2 * math.pi) * self.sd * self._Z)    # -dlambda/dt = exp(logc + z^2/2)
         if self._logc + max(zlo * zlo, zhi * zhi) / 2 > math.log(1e30):
-            raise ValueError(f"logsnr_min={self._lmin:g}, logsnr_max={self._lmax:g} reach so far into the Gaussian's tails "
+            raise ValueError(f"logsnr_min={self._lmin:g}, logsnr_max={self._lmax:g} reach so far into the "
+                             f"Gaussian's tails "
                              "that |dlambda/dt| exceeds 1e30 (float32 overflows); choose a narrower range")
     def extra_repr(self):
         return f"p_mean={self.p_mean:g}, p_std={self.p_std:g}, logsnr_min={self._lmin:g}, logsnr_max={self._lmax:g}"
@@ -271,7 +276,8 @@ class EDMTrainingSchedule(Schedule):
         return -torch.exp(self._logc + z * z / 2)
     def _t_of_logsnr(self, l):
         z = (l - self.mu) / self.sd
-        return torch.where(z > 0, (torch.special.ndtr(-z) - self._q0) / self._Z, 1 - (torch.special.ndtr(z) - self._q1) / self._Z)
+        return torch.where(z > 0, (torch.special.ndtr(-z) - self._q0) / self._Z,
+                           1 - (torch.special.ndtr(z) - self._q1) / self._Z)
     def _pdf(self, l):
         z = (l - self.mu) / self.sd
         return torch.exp(-z * z / 2 - self._logc)
@@ -425,7 +431,8 @@ class LearnedLinearSchedule(Schedule):
         super().__init__()
         lo, hi = check_logsnr_range(logsnr_min, logsnr_max)
         if hi - lo <= self.min_gap: raise ValueError(f"need logsnr_max - logsnr_min > {self.min_gap}, got {hi - lo}")
-        b, w_raw = torch.tensor([-hi]), torch.tensor([_inv_softplus(hi - lo - self.min_gap)])   # 1-element vectors, see below
+        # 1-element vectors, see below
+        b, w_raw = torch.tensor([-hi]), torch.tensor([_inv_softplus(hi - lo - self.min_gap)])
         if learn_endpoints: self.b, self.w_raw = nn.Parameter(b), nn.Parameter(w_raw)
         else: self.register_buffer('b', b); self.register_buffer('w_raw', w_raw)
         self.learn_endpoints = learn_endpoints
@@ -458,10 +465,12 @@ class LearnedMonotoneSchedule(Schedule):
         super().__init__()
         lo, hi = check_logsnr_range(logsnr_min, logsnr_max)
         if hi - lo <= self.min_gap: raise ValueError(f"need logsnr_max - logsnr_min > {self.min_gap}, got {hi - lo}")
-        if int(n_features) != n_features or n_features < 1: raise ValueError(f"n_features must be a positive integer, got {n_features}")
+        if int(n_features) != n_features or n_features < 1: raise ValueError(f"n_features must be a positive integer, "
+                f"got {n_features}")
         self.n_features, self.learn_endpoints = int(n_features), learn_endpoints
         inv = lambda w: torch.log(torch.expm1(w))                               # inverse softplus
-        self.l1_raw = nn.Parameter(torch.tensor([_inv_softplus(hi - lo - self.min_gap)]))   # VDM: l1 kernel = gamma_max - gamma_min
+        # VDM: l1 kernel = gamma_max - gamma_min
+        self.l1_raw = nn.Parameter(torch.tensor([_inv_softplus(hi - lo - self.min_gap)]))
         self.l2_raw = nn.Parameter(inv(torch.randn(self.n_features).abs() + 1e-3))  # VDM: |N(0, 1)| kernels
         self.l2_bias = nn.Parameter(torch.zeros(self.n_features))
         self.l3_raw = nn.Parameter(inv(torch.randn(self.n_features).abs() + 1e-3))
@@ -480,7 +489,8 @@ class LearnedMonotoneSchedule(Schedule):
     def logsnr_min(self):
         "lambda(1) = -gamma_max"
         return -self.gamma_max
-    def extra_repr(self): return (f"logsnr_min={self.logsnr_min.detach().item():.6g}, logsnr_max={self.logsnr_max.detach().item():.6g}, "
+    def extra_repr(self): return (f"logsnr_min={self.logsnr_min.detach().item():.6g}, "
+                                  f"logsnr_max={self.logsnr_max.detach().item():.6g}, "
                                   f"n_features={self.n_features}, learn_endpoints={self.learn_endpoints}")
     def _gap(self): return self.min_gap + F.softplus(self.gap_raw[0])
     def _net(self, t):
@@ -526,7 +536,8 @@ class AdaptiveSchedule(PiecewiseLinearSchedule):
         "Probability of each bin: EMA plus floor, normalised (uniform while every EMA is 0)"
         m = self.ema + self.floor * self.ema.mean()
         total = m.sum()
-        return torch.where(total > 0, m / total.clamp(min=torch.finfo(m.dtype).tiny), torch.full_like(m, 1 / self.n_bins))
+        return torch.where(total > 0, m / total.clamp(min=torch.finfo(m.dtype).tiny),
+                           torch.full_like(m, 1 / self.n_bins))
 
     @torch.no_grad()
     def update(self, logsnr:Tensor, # (B,) log-SNRs of the examples, in [logsnr_min, logsnr_max]
@@ -535,7 +546,8 @@ class AdaptiveSchedule(PiecewiseLinearSchedule):
               ):
         "Move each visited bin's EMA towards the mean |loss| of the examples in it, then rebuild the knots"
         l, v = _as_float(logsnr).detach().double().flatten(), _as_float(loss).detach().double().abs().flatten()
-        if l.shape != v.shape: raise ValueError(f"logsnr and loss need the same number of elements, got {l.numel()} and {v.numel()}")
+        if l.shape != v.shape: raise ValueError(f"logsnr and loss need the same number of elements, got {l.numel()} "
+                                                f"and {v.numel()}")
         l, v = l.to(self.ema.device), v.to(self.ema.device)
         if check:
             if not torch.isfinite(v).all(): raise ValueError("loss must be finite")
@@ -563,7 +575,7 @@ def get_schedule(name:str, # a key of SCHEDULES
     check_choice(name, 'schedule', tuple(SCHEDULES))
     ends = {k: v for k, v in (('logsnr_min', logsnr_min), ('logsnr_max', logsnr_max)) if v is not None}
     if name.startswith('ddpm-'):
-        if ends: raise ValueError(f"{name} takes its endpoints from its betas: pass logsnr_min=None and logsnr_max=None")
+        if ends: raise ValueError(f"{name} takes its endpoints from its betas: pass no logsnr_min or logsnr_max")
         return DDPMSchedule(name.split('-')[1], **options)
     if name == 'edm-sampling':
         if 'logsnr_max' in ends: options['sigma_min'] = math.exp(-ends['logsnr_max'] / 2)

@@ -25,20 +25,23 @@ __all__ = ['IMAGE_DATA', 'TRAIN_SCHEDULES', 'PRESETS', 'TrainConfig', 'make_conf
 
 # %% ../nbs/11_train.ipynb #e76d94fe
 IMAGE_DATA = ('digits', 'fmnist', 'mnist', 'cifar10')
-TRAIN_SCHEDULES = tuple(n for n in SCHEDULES if not n.startswith('ddpm-') and n != 'shifted-cosine')   # built from 2 endpoints
+# built from 2 endpoints
+TRAIN_SCHEDULES = tuple(n for n in SCHEDULES if not n.startswith('ddpm-') and n != 'shifted-cosine')
 _NET = UNET_PRESETS['digits']                                               # the default network: the main job's
 
 @dataclass(frozen=True)
 class TrainConfig:
     "Every setting of a training job: data, network, schedule, optimiser, budget, evaluation"
     data:str='digits' # dataset, a key of vdm_nb.data.DATASETS ('digits', 'fmnist', 'mnist', 'cifar10')
-    data_root:str|None=None # folder of the data files (fmnist) or of torchvision's downloads; None: the loader's default
+    # folder of the data files (fmnist) or of torchvision's downloads; None: the loader's default
+    data_root:str|None=None
     data_seed:int=0 # seed of the digits' train/test split
     channels:int=_NET['channels'] # ScoreUNet width C
     n_blocks:int=_NET['n_blocks'] # ScoreUNet depth N (N down, 2 middle, N + 1 up ResNet blocks)
     dropout:float=_NET['dropout'] # dropout inside the ResNet blocks
     attention:bool=_NET['attention'] # self-attention in the middle of the network
-    fourier_range:tuple|None=_NET['fourier_range'] # Fourier features sin/cos(2^n pi z) of the input, n = n_min..n_max; None: off
+    # Fourier features sin/cos(2^n pi z) of the input, n = n_min..n_max; None: off
+    fourier_range:tuple|None=_NET['fourier_range']
     norm_groups:int=_NET['norm_groups'] # GroupNorm groups (must divide channels)
     pred:str='eps' # what the network predicts: 'eps', 'x', 'v' or 'F'
     schedule:str='linear' # one of TRAIN_SCHEDULES (vdm_nb.schedules.get_schedule)
@@ -74,8 +77,10 @@ PRESETS = {
                           batch_size=128, lr=5e-4, weight_decay=0.01, warmup_steps=500, ema_decay=0.999, n_steps=50_000,
                           mixed_precision='auto', eval_times=4, eval_batch_size=250, n_samples=64, sample_steps=256,
                           log_every=200, ckpt_every=2000),
-    'cifar10': TrainConfig(data='cifar10', **_net('cifar10'), schedule='learned-linear', logsnr_min=-5.0, logsnr_max=13.3,
-                           batch_size=128, lr=2e-4, weight_decay=0.01, warmup_steps=100, ema_decay=0.9999, n_steps=10_000_000,
+    'cifar10': TrainConfig(data='cifar10', **_net('cifar10'), schedule='learned-linear', logsnr_min=-5.0,
+                           logsnr_max=13.3,
+                           batch_size=128, lr=2e-4, weight_decay=0.01, warmup_steps=100, ema_decay=0.9999,
+                           n_steps=10_000_000,
                            mixed_precision='auto', eval_times=1, eval_batch_size=250, n_samples=64, sample_steps=256,
                            log_every=1000, ckpt_every=10_000),
 }
@@ -94,8 +99,10 @@ def make_config(preset:str='digits', # a key of PRESETS
     if bad: raise TypeError(f'unknown TrainConfig field(s) {bad}: the fields are {known}')
     if isinstance(overrides.get('fourier_range'), list): overrides['fourier_range'] = tuple(overrides['fourier_range'])
     cfg = dataclasses.replace(PRESETS[preset], **overrides)
-    if cfg.data not in IMAGE_DATA: raise ValueError(f'data={cfg.data!r} is not an image dataset: use one of {IMAGE_DATA}')
-    check_choice(cfg.schedule, 'schedule', TRAIN_SCHEDULES); check_choice(cfg.mixed_precision, 'mixed_precision', PRECISIONS)
+    if cfg.data not in IMAGE_DATA: raise ValueError(f'data={cfg.data!r} is not an image dataset: use one '
+                                                    f'of {IMAGE_DATA}')
+    check_choice(cfg.schedule, 'schedule', TRAIN_SCHEDULES); check_choice(cfg.mixed_precision, 'mixed_precision',
+            PRECISIONS)
     check_choice(cfg.device, 'device', ('auto', 'cpu', 'cuda'))
     if cfg.device == 'cuda' and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch.cuda.is_available() is False: use device='cpu' (or 'auto')")
@@ -110,7 +117,8 @@ def make_model(cfg:TrainConfig, # the configuration
                in_channels:int, # channels of the images
               )->ScoreUNet: # a freshly initialised network
     "The ScoreUNet of cfg, its lambda embedding spanning the schedule's initial range"
-    return ScoreUNet(in_channels, cfg.channels, cfg.n_blocks, cfg.dropout, cfg.attention, fourier_range=cfg.fourier_range,
+    return ScoreUNet(in_channels, cfg.channels, cfg.n_blocks, cfg.dropout, cfg.attention,
+                     fourier_range=cfg.fourier_range,
                      logsnr_range=(cfg.logsnr_min, cfg.logsnr_max), pred=cfg.pred, norm_groups=cfg.norm_groups)
 
 # %% ../nbs/11_train.ipynb #a8ff8b51
@@ -121,10 +129,13 @@ def check_batch_split(batch_size:int, # the global batch size
     check_int(batch_size, 'batch_size', 1)
     if batch_size % n_processes:
         lo = max(n_processes, batch_size//n_processes*n_processes)
-        raise ValueError(f'batch_size={batch_size} cannot be split evenly over the {n_processes} processes of this launch: '
-                         f'use a multiple of {n_processes} (e.g. {lo} or {lo + n_processes}), or launch {math.gcd(batch_size, n_processes)} process(es)')
+        raise ValueError(f'batch_size={batch_size} cannot be split evenly over the {n_processes} processes '
+                         f'of this launch: '
+                         f'use a multiple of {n_processes} (e.g. {lo} or {lo + n_processes}), or launch '
+                         f'{math.gcd(batch_size, n_processes)} process(es)')
 
-_RESUMABLE = ('n_steps', 'minutes', 'device', 'data_root', 'mixed_precision', 'compile', 'eval_times', 'eval_batch_size',
+_RESUMABLE = ('n_steps', 'minutes', 'device', 'data_root', 'mixed_precision', 'compile', 'eval_times',
+              'eval_batch_size',
               'n_test', 'n_samples', 'sample_steps', 'log_every', 'ckpt_every')   # may change when a run is resumed
 
 def _config_diffs(saved:dict, cfg:TrainConfig)->list:
@@ -152,7 +163,8 @@ def save_loss_curve(log_csv, # the Learner's log.csv (columns step, loss, bpd, .
     if test_bpd is not None: ax.axhline(test_bpd, ls=':', c='C3', label=f'test, EMA weights {test_bpd:.3f}')
     ref = [v for v in (baseline, test_bpd) if v is not None]
     top = 1.6*max(ref) if ref else max(bpd)
-    ax.set(xlabel='step', ylabel='bits/dim', title=title, ylim=(0.9*min(bpd + ref), max(min(max(bpd), top), max(ref + [0]) + 0.1)))
+    ax.set(xlabel='step', ylabel='bits/dim', title=title, ylim=(0.9*min(bpd + ref), max(min(max(bpd), top), max(ref
+            + [0]) + 0.1)))
     ax.legend(); fig.tight_layout(); fig.savefig(path, dpi=100)
     return Path(path)
 
@@ -170,10 +182,12 @@ def train(preset:str='digits', # a key of PRESETS
     refuse_unsupported_launch(); check_batch_split(cfg.batch_size, world_size())
     ckpts = [f for f in (out/'latest.pt', out/'previous.pt') if f.is_file()]
     if ckpts and not resume:
-        raise FileExistsError(f'{out} already holds a run ({ckpts[0].name}): pass resume=True (--resume) to continue it, '
+        raise FileExistsError(f'{out} already holds a run ({ckpts[0].name}): pass resume=True (--resume) '
+                              f'to continue it, '
                               'or choose another out_dir')
     if resume:
-        if not ckpts: raise FileNotFoundError(f'nothing to resume in {out}: it has no latest.pt or previous.pt (train without resume)')
+        if not ckpts: raise FileNotFoundError(f'nothing to resume in {out}: it has no latest.pt or previous.pt (train '
+                                              f'without resume)')
         if (out/'config.json').is_file():
             diffs = _config_diffs(json.loads((out/'config.json').read_text())['config'], cfg)
             if diffs: raise ValueError(f'{out} holds a run of another configuration ({"; ".join(diffs)}): '
@@ -186,13 +200,16 @@ def train(preset:str='digits', # a key of PRESETS
     loss = VDMLoss(schedule, pred=cfg.pred, vocab_size=V, variance_min=cfg.variance_min)
     budget = TimeBudgetCB(cfg.minutes) if cfg.minutes is not None else None
     cbs = [CheckpointCB(cfg.ckpt_every), LogCB()] + ([] if quiet else [PrintCB()]) + ([budget] if budget else [])
-    learn = Learner(net, loss, tr.x, cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-                    grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, mixed_precision=cfg.mixed_precision, compile=cfg.compile,
+    learn = Learner(net, loss, tr.x, cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                    warmup_steps=cfg.warmup_steps,
+                    grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, mixed_precision=cfg.mixed_precision,
+                    compile=cfg.compile,
                     seed=cfg.seed, out_dir=out, cbs=cbs, log_every=cfg.log_every, cpu=cfg.device == 'cpu')
     if resume:
         learn.resume(out)
         if learn.step > cfg.n_steps:
-            raise ValueError(f'the checkpoint in {out} is at step {learn.step}, past n_steps={cfg.n_steps}: pass n_steps >= {learn.step}')
+            raise ValueError(f'the checkpoint in {out} is at step {learn.step}, past n_steps={cfg.n_steps}: pass '
+                             f'n_steps >= {learn.step}')
     acc, start_step = learn.accelerator, learn.step
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -200,17 +217,20 @@ def train(preset:str='digits', # a key of PRESETS
     t0 = time.perf_counter()
     learn.fit(cfg.n_steps)
     train_s = time.perf_counter() - t0
-    if learn.saved_step != learn.step: learn.save_checkpoint()      # a stop by the time budget skips CheckpointCB's after_fit
+    # a stop by the time budget skips CheckpointCB's after_fit
+    if learn.saved_step != learn.step: learn.save_checkpoint()
     if not acc.is_main_process: return None
     t1 = time.perf_counter()
     test_x = te.x if cfg.n_test is None else te.x[:cfg.n_test]
     ev = test_bpd(learn.ema_model, loss, test_x, n_times=cfg.eval_times, batch_size=cfg.eval_batch_size, seed=cfg.seed)
     eval_s = time.perf_counter() - t1
     base = per_pixel_bpd(tr.x, test_x, V)
-    files = {'config': 'config.json', 'log': 'log.csv', 'checkpoint': 'latest.pt', 'loss_curve': 'loss.png', 'results': 'results.json'}
+    files = {'config': 'config.json', 'log': 'log.csv', 'checkpoint': 'latest.pt', 'loss_curve': 'loss.png',
+             'results': 'results.json'}
     if cfg.n_samples:
         g = torch.Generator(device=acc.device).manual_seed(cfg.seed)
-        x = ancestral_sample(learn.ema_model, (cfg.n_samples, *tr.shape), schedule, cfg.sample_steps, generator=g, vocab_size=V)
+        x = ancestral_sample(learn.ema_model, (cfg.n_samples, *tr.shape), schedule, cfg.sample_steps, generator=g,
+                             vocab_size=V)
         save_grid(x, out/'samples.png', nrow=math.ceil(math.sqrt(cfg.n_samples)), vocab_size=V, min_width=256)
         files['samples'] = 'samples.png'
     steps_run = learn.step - start_step
@@ -218,17 +238,22 @@ def train(preset:str='digits', # a key of PRESETS
            'test_terms_bpd': {k: ev[k] for k in ('prior', 'recon', 'diffusion')}, 'per_pixel_bpd': base,
            'n_test': len(test_x), 'eval_times': cfg.eval_times, 'steps': learn.step, 'steps_this_run': steps_run,
            'stopped_by_budget': budget is not None and budget.stopped_at is not None,
-           'train_seconds': train_s, 'sec_per_step': train_s/max(steps_run, 1), 'eval_seconds': eval_s, 'precision': learn.precision,
-           'wall_seconds': None, 'cpu_seconds': None, 'n_params': n_params(net), 'device': str(acc.device), 'processes': acc.num_processes,
-           'logsnr_min': float(torch.as_tensor(schedule.logsnr_min).detach()), 'logsnr_max': float(torch.as_tensor(schedule.logsnr_max).detach()),
+           'train_seconds': train_s, 'sec_per_step': train_s/max(steps_run, 1), 'eval_seconds': eval_s,
+           'precision': learn.precision,
+           'wall_seconds': None, 'cpu_seconds': None, 'n_params': n_params(net), 'device': str(acc.device),
+           'processes': acc.num_processes,
+           'logsnr_min': float(torch.as_tensor(schedule.logsnr_min).detach()),
+           'logsnr_max': float(torch.as_tensor(schedule.logsnr_max).detach()),
            'torch': torch.__version__, 'files': files, 'config': asdict(cfg)}
     save_loss_curve(out/'log.csv', out/'loss.png', ev['bpd'], base, f'{preset}: {learn.step} steps')
     res['wall_seconds'], res['cpu_seconds'] = time.perf_counter() - wall0, time.process_time() - cpu0
     (out/'results.json').write_text(json.dumps(res, indent=1))
     if not quiet:
-        print(f"{preset}: {learn.step} steps ({steps_run} in this run, {train_s:.0f} s, {1000*res['sec_per_step']:.0f} ms/step) "
+        print(f"{preset}: {learn.step} steps ({steps_run} in this run, {train_s:.0f} s, "
+              f"{1000*res['sec_per_step']:.0f} ms/step) "
               f"on {res['device']}; evaluation {eval_s:.0f} s; wall {res['wall_seconds']:.0f} s; files in {out}")
-        print(f"test bits/dim {ev['bpd']:.4f} +- {ev['se']:.4f} (EMA weights, {len(test_x)} images x {cfg.eval_times} times); "
+        print(f"test bits/dim {ev['bpd']:.4f} +- {ev['se']:.4f} (EMA weights, {len(test_x)} images x "
+              f"{cfg.eval_times} times); "
               f"per-pixel baseline {base:.4f}")
     return res
 
@@ -238,14 +263,17 @@ def _parse_set(items:list)->dict:
     out = {}
     for s in items:
         key, eq, value = s.partition('=')
-        if not eq or not key.strip(): raise ValueError(f'--set {s!r} must look like FIELD=VALUE, e.g. --set channels=32')
+        if not eq or not key.strip():
+            raise ValueError(f'--set {s!r} must look like FIELD=VALUE, e.g. --set channels=32')
         try: out[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError): out[key.strip()] = value
     return out
 
 def _parser()->argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='vdm_nb_train', description='Train a VDM on a preset, then report its test bits/dim.',
-                                epilog='Presets: ' + '; '.join(f'{k} ({v.data}, {v.n_steps} steps)' for k, v in PRESETS.items()))
+    p = argparse.ArgumentParser(prog='vdm_nb_train',
+                                description='Train a VDM on a preset, then report its test bits/dim.',
+                                epilog='Presets: ' + '; '.join(f'{k} ({v.data}, {v.n_steps} steps)' for k,
+                                                               v in PRESETS.items()))
     p.add_argument('preset', nargs='?', default='digits', help='training preset (default: digits)')
     p.add_argument('--out', help='output folder (default: runs/PRESET)')
     p.add_argument('--steps', type=int, dest='n_steps', help='total optimiser steps')
@@ -255,8 +283,10 @@ def _parser()->argparse.ArgumentParser:
     p.add_argument('--seed', type=int, help='seed of batches, noise and initialisation')
     p.add_argument('--resume', action='store_true', help='continue the run in --out')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='default: auto (CUDA when available)')
-    p.add_argument('--mixed-precision', choices=PRECISIONS, help='autocast of the network: bf16, fp16 (loss scaling) or auto')
-    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help='torch.compile the whole objective')
+    p.add_argument('--mixed-precision', choices=PRECISIONS,
+                   help='autocast of the network: bf16, fp16 (loss scaling) or auto')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
+                   help='torch.compile the whole objective')
     p.add_argument('--data-root', help='folder of the data files (Fashion-MNIST) or of the torchvision downloads')
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                    help='any other TrainConfig field, e.g. --set channels=32 --set "fourier_range=(3, 4)"')
@@ -268,7 +298,8 @@ def main(argv:list|None=None, # command-line arguments without the program name;
     "The `vdm_nb_train` command: parse the arguments, call `train`, turn bad input into a message and exit status 2"
     try: args = _parser().parse_args(argv)
     except SystemExit as e: return e.code if isinstance(e.code, int) else 2
-    named = {k: getattr(args, k) for k in ('n_steps', 'minutes', 'batch_size', 'lr', 'seed', 'device', 'mixed_precision',
+    named = {k: getattr(args, k) for k in ('n_steps', 'minutes', 'batch_size', 'lr', 'seed', 'device',
+                                           'mixed_precision',
                                            'compile', 'data_root')}
     try:
         overrides = _parse_set(args.set) | {k: v for k, v in named.items() if v is not None}
@@ -278,4 +309,5 @@ def main(argv:list|None=None, # command-line arguments without the program name;
         return 2
     return 0
 
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # python -m vdm_nb.train (not when run in a notebook)
+# python -m vdm_nb.train (not when run in a notebook)
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

@@ -38,7 +38,8 @@ def mse_ratio(logsnr:Tensor, # lambda = log(alpha^2/sigma^2)
 def _check_range(logsnr_min, logsnr_max):
     lo, hi = float(logsnr_min), float(logsnr_max)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-        raise ValueError(f"logsnr_min={logsnr_min}, logsnr_max={logsnr_max}: need finite values with logsnr_min <= logsnr_max")
+        raise ValueError(f"logsnr_min={logsnr_min}, logsnr_max={logsnr_max}: need finite values with "
+                         f"logsnr_min <= logsnr_max")
     return lo, hi
 
 class Weighting:
@@ -141,7 +142,8 @@ def edm_peak_logsnr(sigma_data:float=0.5, # EDM's sigma_data
     mu, s2 = -2*p_mean, 4*p_std**2
     log_k = 2*math.log(sigma_data) + mu                   # K = sigma_data^2 e^mu; unique root iff K <= e^2 (sufficient)
     if log_k > 2:
-        raise ValueError(f"p_mean={p_mean}, sigma_data={sigma_data}: the peak is unique only for p_mean >= ln(sigma_data) - 1 "
+        raise ValueError(f"p_mean={p_mean}, sigma_data={sigma_data}: the peak is unique only for p_mean >= "
+                         f"ln(sigma_data) - 1 "
                          f"= {math.log(sigma_data) - 1:.4f}; raise p_mean or lower sigma_data")
     h = lambda u: u + u*math.exp(log_k - u) - s2          # increasing in u = mu - lambda on (0, s2), h(0) < 0 < h(s2)
     lo, hi = 0.0, s2
@@ -158,12 +160,15 @@ class EDMWeighting(Weighting):
     def __init__(self, sigma_data:float=0.5, # EDM's sigma_data
                  p_mean:float=-1.2, # mean of ln(sigma) during training
                  p_std:float=1.2): # std of ln(sigma) during training
-        if not (math.isfinite(sigma_data) and sigma_data > 0): raise ValueError(f"sigma_data={sigma_data}: use a positive float (EDM uses 0.5)")
-        if not (math.isfinite(p_std) and p_std > 0): raise ValueError(f"p_std={p_std}: use a positive float (EDM uses 1.2)")
+        if not (math.isfinite(sigma_data) and sigma_data > 0): raise ValueError(f"sigma_data={sigma_data}: use a "
+                f"positive float (EDM uses 0.5)")
+        if not (math.isfinite(p_std) and p_std > 0): raise ValueError(f"p_std={p_std}: use a positive "
+                                                                      f"float (EDM uses 1.2)")
         if not math.isfinite(p_mean): raise ValueError(f"p_mean={p_mean}: use a finite float (EDM uses -1.2)")
         self.sigma_data, self.p_mean, self.p_std = float(sigma_data), float(p_mean), float(p_std)
         unique = 2*math.log(sigma_data) - 2*p_mean <= 2           # the same test as edm_peak_logsnr: K <= e^2
-        self.peak_logsnr = edm_peak_logsnr(sigma_data, p_mean, p_std) if unique else None   # lambda*, or None if not proven unique
+        # lambda*, or None if not proven unique
+        self.peak_logsnr = edm_peak_logsnr(sigma_data, p_mean, p_std) if unique else None
 
     def log_w(self, logsnr:Tensor, # lambda
              )->Tensor: # log w(lambda)
@@ -191,7 +196,8 @@ class EDMMonotonicWeighting(EDMWeighting):
                  p_mean:float=-1.2, # mean of ln(sigma) during training
                  p_std:float=1.2): # std of ln(sigma) during training
         super().__init__(sigma_data, p_mean, p_std)
-        if self.peak_logsnr is None: edm_peak_logsnr(sigma_data, p_mean, p_std)   # raises the ValueError that names the fix
+        # raises the ValueError that names the fix
+        if self.peak_logsnr is None: edm_peak_logsnr(sigma_data, p_mean, p_std)
 
     def log_w(self, logsnr:Tensor, # lambda
              )->Tensor: # log w(max(lambda, lambda*))
@@ -207,7 +213,8 @@ class EDMMonotonicWeighting(EDMWeighting):
 # %% ../nbs/03_weighting.ipynb #92797917
 def _check_schedule(schedule):
     if schedule is not None and not callable(getattr(schedule, 'pdf', None)):
-        raise ValueError(f"schedule={schedule!r} has no pdf(logsnr) method: pass a schedule object (e.g. from vdm_nb.schedules) or None")
+        raise ValueError(f"schedule={schedule!r} has no pdf(logsnr) method: pass a schedule object (e.g. from "
+                         f"vdm_nb.schedules) or None")
     return schedule
 
 class _EpsFactorWeighting(Weighting):
@@ -228,7 +235,8 @@ class ImpliedWeighting(_EpsFactorWeighting):
     def __init__(self, loss_factor:Callable, # c(lambda): tensor -> tensor, the weight on the pred-space MSE
                  pred:str='eps', # prediction target: 'eps', 'x' or 'v'
                  schedule=None): # object with pdf(logsnr), or None for a flat density
-        if not callable(loss_factor): raise ValueError(f"loss_factor={loss_factor!r}: pass a callable lambda -> c(lambda)")
+        if not callable(loss_factor): raise ValueError(f"loss_factor={loss_factor!r}: pass a callable "
+                                                       f"lambda -> c(lambda)")
         self.c, self.pred, self.schedule = loss_factor, _check_pred(pred), _check_schedule(schedule)
 
     def loss_factor(self, logsnr:Tensor, # lambda
@@ -295,7 +303,8 @@ class P2Weighting(_EpsFactorWeighting):
     def __init__(self, gamma:float=1.0, # exponent; 0 gives L_simple
                  k:float=1.0, # offset that keeps the factor finite as SNR -> 0
                  schedule=None): # object with pdf(logsnr), or None for a flat density
-        if not (math.isfinite(gamma) and gamma >= 0): raise ValueError(f"gamma={gamma}: use a float >= 0 (Choi et al. use 1)")
+        if not (math.isfinite(gamma) and gamma >= 0): raise ValueError(f"gamma={gamma}: use a float >= 0 "
+                f"(Choi et al. use 1)")
         if not (math.isfinite(k) and k >= 0): raise ValueError(f"k={k}: use a float >= 0 (Choi et al. use 1)")
         self.gamma, self.k, self.schedule = float(gamma), float(k), _check_schedule(schedule)
 
@@ -313,7 +322,8 @@ class P2Weighting(_EpsFactorWeighting):
         _check_range(logsnr_min, logsnr_max); return True
 
 # %% ../nbs/03_weighting.ipynb #8a348ed8
-WEIGHTINGS = {'elbo': ELBOWeighting, 'sigmoid': SigmoidWeighting, 'edm': EDMWeighting, 'edm-monotonic': EDMMonotonicWeighting,
+WEIGHTINGS = {'elbo': ELBOWeighting, 'sigmoid': SigmoidWeighting, 'edm': EDMWeighting,
+              'edm-monotonic': EDMMonotonicWeighting,
               'v-mse': VMSEWeighting, 'eps-mse-cosine': EpsMSECosineWeighting, 'min-snr': MinSNRWeighting,
               'soft-min-snr': SoftMinSNRWeighting, 'p2': P2Weighting}
 

@@ -37,7 +37,8 @@ class Explorer(widgets.VBox):
             raise TypeError("controls must be a non-empty dict {keyword: ipywidgets control with a .value}")
         self.draw, self.controls, self.out = draw, dict(controls), widgets.Output()
         self.fig, self.error = None, None
-        self.children = [widgets.HBox(list(self.controls.values()), layout=widgets.Layout(flex_flow='row wrap')), self.out]
+        self.children = [widgets.HBox(list(self.controls.values()), layout=widgets.Layout(flex_flow='row wrap')),
+                         self.out]
         for c in self.controls.values(): c.observe(self._changed, names='value')
         self.redraw()
 
@@ -84,7 +85,8 @@ def make_schedule(name:str, # one of FIXED_SCHEDULES (learned and adaptive ones 
     check_choice(name, 'schedule', FIXED_SCHEDULES)
     lo, hi = check_logsnr_range(logsnr_min, logsnr_max)
     if name.startswith('ddpm-'): return get_schedule(name)
-    return get_schedule(name, lo, hi, **{'shifted-cosine': dict(shift=shift), 'edm-sampling': dict(rho=rho)}.get(name, {}))
+    return get_schedule(name, lo, hi, **{'shifted-cosine': dict(shift=shift), 'edm-sampling': dict(rho=rho)}.get(name,
+            {}))
 
 # %% ../nbs/12_widgets.ipynb #f326872e
 def _schedules(names, logsnr_min, logsnr_max, shift, rho)->list:
@@ -93,7 +95,8 @@ def _schedules(names, logsnr_min, logsnr_max, shift, rho)->list:
     out = []
     for n in names:
         if isinstance(n, Schedule): out.append((type(n).__name__, n))
-        else: out.append((check_choice(n, 'schedule', FIXED_SCHEDULES), make_schedule(n, logsnr_min, logsnr_max, shift, rho)))
+        else: out.append((check_choice(n, 'schedule', FIXED_SCHEDULES), make_schedule(n, logsnr_min, logsnr_max, shift,
+                rho)))
     if not out: raise ValueError(f"names is empty: choose at least one schedule from {FIXED_SCHEDULES}")
     return out
 
@@ -105,14 +108,16 @@ def _time_grid(t)->Tensor:
         raise ValueError("t must hold at least 2 times in [0, 1], e.g. torch.linspace(0, 1, 501)")
     return t
 
-def plot_schedules(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm-training', 'edm-sampling'), # names from FIXED_SCHEDULES or Schedule objects
+# names from FIXED_SCHEDULES or Schedule objects
+def plot_schedules(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm-training', 'edm-sampling'),
                    t:Tensor|None=None, # times in [0, 1]; default 501 points
                    logsnr_min:float=-10., # common lambda(1) (DDPM schedules keep their own)
                    logsnr_max:float=10., # common lambda(0)
                    shift:float=-math.log(4), # shifted-cosine's shift s: lambda moves by 2 s
                    rho:float=7., # edm-sampling's rho
                    process:str='vp', # 'vp' or 've', for alpha_t and sigma_t
-                  )->Figure: # four panels lambda(t), alpha_t, sigma_t, p(lambda); one line per schedule, labelled by name
+                  # four panels lambda(t), alpha_t, sigma_t, p(lambda); one line per schedule, labelled by name
+                  )->Figure:
     "Draw lambda(t), alpha_t, sigma_t and the log-SNR density p(lambda) of several schedules side by side"
     check_choice(process, 'process', PROCESSES)
     scheds, t = _schedules(names, logsnr_min, logsnr_max, shift, rho), _time_grid(t)
@@ -125,7 +130,8 @@ def plot_schedules(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm-tr
             alpha, sigma = alpha_sigma(lam, process)
             for ax, y in zip(axs[:3], (lam, alpha, sigma)): ax.plot(t, y, label=label)
             axs[3].plot(grid, s.pdf(grid).double(), label=label)
-    for ax, yl in zip(axs, (r'$\lambda(t)$', r'$\alpha_t$', r'$\sigma_t$', r'$p(\lambda)$')): ax.set(xlabel='$t$', ylabel=yl)
+    for ax, yl in zip(axs, (r'$\lambda(t)$', r'$\alpha_t$', r'$\sigma_t$', r'$p(\lambda)$')): ax.set(xlabel='$t$',
+            ylabel=yl)
     axs[3].set_xlabel(r'$\lambda$')
     if process == 've': axs[2].set_yscale('log')
     axs[0].legend(fontsize=7)
@@ -140,22 +146,27 @@ def _slider(value, lo, hi, step, description):
 
 def _endpoint_sliders(logsnr_min:float, logsnr_max:float)->dict:
     "Sliders for lambda_min on [-20, 0] and lambda_max on [0, 20]"
-    return {'logsnr_min': _slider(logsnr_min, -20., 0., 0.5, 'lambda_min'), 'logsnr_max': _slider(logsnr_max, 0., 20., 0.5, 'lambda_max')}
+    return {'logsnr_min': _slider(logsnr_min, -20., 0., 0.5, 'lambda_min'), 'logsnr_max': _slider(logsnr_max, 0., 20.,
+            0.5, 'lambda_max')}
 
-def schedule_explorer(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm-training', 'edm-sampling'), # initial selection from FIXED_SCHEDULES
+# initial selection from FIXED_SCHEDULES
+def schedule_explorer(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm-training', 'edm-sampling'),
                       logsnr_min:float=-10., # initial common lambda(1), slider on [-20, 0]
                       logsnr_max:float=10., # initial common lambda(0), slider on [0, 20]
                       shift:float=-math.log(4), # initial shift of shifted-cosine, slider on [-3, 3]
                       rho:float=7., # initial rho of edm-sampling, slider on [1, 15]
                       process:str='vp', # initial process
-                     )->Explorer: # controls 'names', 'shift', 'rho', 'logsnr_min', 'logsnr_max', 'process' above the figure of `plot_schedules`
+                     # controls 'names', 'shift', 'rho', 'logsnr_min', 'logsnr_max', 'process' above the figure of `plot_schedules`
+                     )->Explorer:
     "Widget: choose schedules, shift, rho and endpoints; shows plot_schedules' four panels"
     names = (names,) if isinstance(names, str) else tuple(names)
     for n in names: check_choice(n, 'schedule', FIXED_SCHEDULES)
-    controls = {'names': widgets.SelectMultiple(options=FIXED_SCHEDULES, value=names, rows=len(FIXED_SCHEDULES), description='schedules'),
+    controls = {'names': widgets.SelectMultiple(options=FIXED_SCHEDULES, value=names, rows=len(FIXED_SCHEDULES),
+                                                description='schedules'),
                 'shift': _slider(shift, -3., 3., 0.05, 'shift'), 'rho': _slider(rho, 1., 15., 0.5, 'rho'),
                 **_endpoint_sliders(logsnr_min, logsnr_max),
-                'process': widgets.Dropdown(options=PROCESSES, value=check_choice(process, 'process', PROCESSES), description='process')}
+                'process': widgets.Dropdown(options=PROCESSES, value=check_choice(process, 'process', PROCESSES),
+                                            description='process')}
     return Explorer(plot_schedules, controls)
 
 # %% ../nbs/12_widgets.ipynb #8c0f9dda
@@ -166,7 +177,8 @@ def _unit_factor(logsnr:Tensor)->Tensor:
     return torch.ones_like(logsnr)
 
 def make_weighting(name:str, # one of OBJECTIVES
-                   schedule:Schedule|None=None, # training schedule: sets the implied w of the MSE, Min-SNR and P2 objectives; None is a flat density
+                   # training schedule: sets the implied w of the MSE, Min-SNR and P2 objectives; None is a flat density
+                   schedule:Schedule|None=None,
                    sigmoid_bias:float=2., # b of 'sigmoid'
                    min_snr_gamma:float=5., # gamma of 'min-snr' and 'soft-min-snr'
                   )->Weighting: # a `vdm_nb.weighting` object with w(logsnr) and is_monotonic(lo, hi)
@@ -188,7 +200,8 @@ def _weightings(names, schedule, sigmoid_bias, min_snr_gamma)->list:
     out = []
     for n in names:
         if isinstance(n, Weighting): out.append((type(n).__name__, n))
-        else: out.append((check_choice(n, 'weighting', OBJECTIVES), make_weighting(n, schedule, sigmoid_bias, min_snr_gamma)))
+        else: out.append((check_choice(n, 'weighting', OBJECTIVES), make_weighting(n, schedule, sigmoid_bias,
+                min_snr_gamma)))
     if not out: raise ValueError(f"names is empty: choose at least one weighting from {', '.join(OBJECTIVES)}")
     return out
 
@@ -201,11 +214,14 @@ def _weight_on(wt:Weighting, grid:Tensor, label:str)->Tensor:
     "w on the grid in float64, checked finite, non-negative and not all zero"
     with torch.no_grad(): w = wt.w(grid).double()
     if not bool(torch.isfinite(w).all() & (w >= 0).all()) or not w.max() > 0:
-        raise ValueError(f"weighting {label} is not finite and positive on [{grid[0]:g}, {grid[-1]:g}]; narrow the range")
+        raise ValueError(f"weighting {label} is not finite and positive on [{grid[0]:g}, {grid[-1]:g}]; "
+                         f"narrow the range")
     return w
 
-def plot_weightings(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'edm-monotonic', 'sigmoid', 'min-snr'), # from OBJECTIVES, or Weighting objects
-                    schedule:str|Schedule='cosine', # training schedule (name from FIXED_SCHEDULES or object); its range is the plotted range
+# from OBJECTIVES, or Weighting objects
+def plot_weightings(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'edm-monotonic', 'sigmoid', 'min-snr'),
+                    # training schedule (name from FIXED_SCHEDULES or object); its range is the plotted range
+                    schedule:str|Schedule='cosine',
                     logsnr_min:float=-10., # lambda(1) of a named schedule
                     logsnr_max:float=10., # lambda(0) of a named schedule
                     shift:float=-math.log(4), # shift of 'shifted-cosine'
@@ -213,7 +229,8 @@ def plot_weightings(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'edm-mono
                     sigmoid_bias:float=2., # b of 'sigmoid'
                     min_snr_gamma:float=5., # gamma of 'min-snr' and 'soft-min-snr'
                     n:int=1201, # grid points on [lambda_min, lambda_max]
-                   )->Figure: # panel 0: w/max w, labels 'name: monotone' or 'name: not monotone'; panel 1: p_w = -d(w/max w)/dlambda, then a zero line
+                   # panel 0: w/max w, labels 'name: monotone' or 'name: not monotone'; panel 1: p_w = -d(w/max w)/dlambda, then a zero line
+                   )->Figure:
     "Draw each objective's w(lambda), normalised to peak 1, its monotonicity, and the theorem's p_w(lambda) = -dw/dlambda"
     if isinstance(n, bool) or not isinstance(n, int) or n < 3: raise ValueError(f"n={n!r} must be an int >= 3")
     sched = _resolve_schedule(schedule, logsnr_min, logsnr_max, shift, rho)
@@ -226,7 +243,8 @@ def plot_weightings(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'edm-mono
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 3.6))
     for label, w, mono in rows:
         a0.plot(grid, w, label=f"{label}: {'monotone' if mono else 'not monotone'}")
-        a1.plot(grid, -torch.gradient(w, spacing=(grid,))[0], label=f"{label} (+ {w[-1].item():.2g} at $\\lambda_{{\\max}}$)")
+        a1.plot(grid, -torch.gradient(w, spacing=(grid,))[0],
+                label=f"{label} (+ {w[-1].item():.2g} at $\\lambda_{{\\max}}$)")
     a0.set(xlabel=r'$\lambda$ (high noise on the left)', ylabel=r'$w(\lambda)/\max w$', yscale='log', ylim=(1e-4, 2))
     a1.axhline(0, color='grey', lw=0.5)
     a1.set(xlabel=r'$\lambda$', ylabel=r'$p_w(\lambda) = -d\tilde w/d\lambda$')
@@ -237,18 +255,22 @@ def plot_weightings(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'edm-mono
     return fig
 
 # %% ../nbs/12_widgets.ipynb #16023a18
-def weighting_explorer(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'sigmoid'), # initial selection from OBJECTIVES
+# initial selection from OBJECTIVES
+def weighting_explorer(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'sigmoid'),
                        schedule:str='cosine', # initial training schedule, from FIXED_SCHEDULES
                        logsnr_min:float=-10., # initial lambda(1), slider on [-20, 0]
                        logsnr_max:float=10., # initial lambda(0), slider on [0, 20]
                        sigmoid_bias:float=2., # initial b of 'sigmoid', slider on [-5, 5]
                        min_snr_gamma:float=5., # initial gamma of Min-SNR, slider on [0.5, 20]
-                      )->Explorer: # controls 'names', 'schedule', 'logsnr_min', 'logsnr_max', 'sigmoid_bias', 'min_snr_gamma', 'shift', 'rho' above `plot_weightings`
+                      # controls 'names', 'schedule', 'logsnr_min', 'logsnr_max', 'sigmoid_bias', 'min_snr_gamma', 'shift', 'rho' above `plot_weightings`
+                      )->Explorer:
     "Widget: choose objectives and a schedule; shows the implied w(lambda), monotonicity and p_w(lambda)"
     names = (names,) if isinstance(names, str) else tuple(names)
     for n in names: check_choice(n, 'weighting', OBJECTIVES)
-    controls = {'names': widgets.SelectMultiple(options=OBJECTIVES, value=names, rows=len(OBJECTIVES), description='objectives'),
-                'schedule': widgets.Dropdown(options=FIXED_SCHEDULES, value=check_choice(schedule, 'schedule', FIXED_SCHEDULES), description='schedule'),
+    controls = {'names': widgets.SelectMultiple(options=OBJECTIVES, value=names, rows=len(OBJECTIVES),
+                                                description='objectives'),
+                'schedule': widgets.Dropdown(options=FIXED_SCHEDULES, value=check_choice(schedule, 'schedule',
+                        FIXED_SCHEDULES), description='schedule'),
                 **_endpoint_sliders(logsnr_min, logsnr_max),
                 'sigmoid_bias': _slider(sigmoid_bias, -5., 5., 0.25, 'sigmoid b'),
                 'min_snr_gamma': _slider(min_snr_gamma, 0.5, 20., 0.5, 'min-SNR gamma'),
@@ -261,13 +283,15 @@ def _as_image(image, vocab_size:int|None)->Tensor:
     x = torch.as_tensor(image)
     if x.ndim == 2: x = x[None]
     if x.ndim != 3 or x.shape[0] not in (1, 3):
-        raise ValueError(f"image has shape {tuple(x.shape)}: pass one image as (H, W) or channels-first (C, H, W) with C = 1 or 3")
+        raise ValueError(f"image has shape {tuple(x.shape)}: pass one image as (H, W) or channels-first (C, H, W) "
+                         f"with C = 1 or 3")
     if vocab_size is not None: return encode(x, vocab_size, torch.float64)
     if not x.is_floating_point():
         raise ValueError("image holds integers: pass vocab_size (17 for scikit-learn digits, 256 for 8-bit images)")
     x = x.double()
     if not bool(torch.isfinite(x).all()) or x.abs().max() > 1:
-        raise ValueError("a float image must be finite with values in [-1, 1]; rescale it, or pass integers with vocab_size")
+        raise ValueError("a float image must be finite with values in [-1, 1]; rescale it, or pass integers "
+                         "with vocab_size")
     return x
 
 def plot_diffusion(image:Tensor, # one image: integers (C, H, W) or (H, W) with vocab_size, or floats in [-1, 1]
@@ -281,7 +305,8 @@ def plot_diffusion(image:Tensor, # one image: integers (C, H, W) or (H, W) with 
     check_choice(process, 'process', PROCESSES)
     x = _as_image(image, vocab_size)
     lam = torch.as_tensor(logsnrs, dtype=torch.float64).flatten()
-    if lam.numel() < 1 or not bool(torch.isfinite(lam).all()): raise ValueError("logsnrs must hold at least one finite log-SNR")
+    if lam.numel() < 1 or not bool(torch.isfinite(lam).all()): raise ValueError("logsnrs must hold at least "
+            "one finite log-SNR")
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     k = lam.numel()
     z, _ = diffuse(x.expand(k, *x.shape), lam, eps.expand(k, *x.shape), process)
@@ -290,7 +315,8 @@ def plot_diffusion(image:Tensor, # one image: integers (C, H, W) or (H, W) with 
     for ax, zi, l, a, s in zip(axs[0], z, lam.tolist(), alpha.tolist(), sigma.tolist()):
         m = a + 2*s
         if zi.shape[0] == 1: ax.imshow(zi[0].numpy(), cmap='gray', vmin=-m, vmax=m)
-        else: ax.imshow(((zi/m + 1)/2).clamp(0, 1).permute(1, 2, 0).numpy())       # display range only: the data are not changed
+        # display range only: the data are not changed
+        else: ax.imshow(((zi/m + 1)/2).clamp(0, 1).permute(1, 2, 0).numpy())
         ax.set_title(f"$\\lambda$ = {l:.4g}\n$\\alpha$ = {a:.4g}, $\\sigma$ = {s:.4g}", fontsize=8)
         ax.axis('off')
     fig.tight_layout()
@@ -300,7 +326,8 @@ def plot_diffusion(image:Tensor, # one image: integers (C, H, W) or (H, W) with 
 def _load_digits()->Tensor:
     "scikit-learn's 8x8 digits as int64 (1797, 1, 8, 8) in {0, ..., 16}"
     try: from sklearn.datasets import load_digits
-    except ImportError: raise ImportError("diffusion_viewer() without images needs scikit-learn: pip install scikit-learn, "
+    except ImportError: raise ImportError("diffusion_viewer() without images needs scikit-learn: pip "
+                                          "install scikit-learn, "
                                           "or pass images and vocab_size") from None
     return torch.as_tensor(load_digits().images, dtype=torch.int64)[:, None]
 
@@ -310,7 +337,8 @@ def _draw_one(images:Tensor, vocab_size:int|None)->Callable:
         return plot_diffusion(images[index], [logsnr], vocab_size, process, seed, size=3.)
     return draw
 
-def diffusion_viewer(images:Tensor|None=None, # (N, C, H, W) or (N, H, W): integers with vocab_size, or floats in [-1, 1]; None: sklearn digits
+# (N, C, H, W) or (N, H, W): integers with vocab_size, or floats in [-1, 1]; None: sklearn digits
+def diffusion_viewer(images:Tensor|None=None,
                      vocab_size:int|None=None, # V of integer images (17 for the digits, the default with images=None)
                      logsnr:float=0., # initial log-SNR, slider on [-10, 10]
                      process:str='vp', # initial process
@@ -321,9 +349,11 @@ def diffusion_viewer(images:Tensor|None=None, # (N, C, H, W) or (N, H, W): integ
     if images.ndim not in (3, 4) or len(images) < 1:
         raise ValueError(f"images has shape {tuple(images.shape)}: pass a batch (N, C, H, W) or (N, H, W)")
     for i in (0, len(images) - 1): _as_image(images[i], vocab_size)          # fail now, not on the first slider move
-    controls = {'index': widgets.IntSlider(value=0, min=0, max=len(images) - 1, description='image', continuous_update=False),
+    controls = {'index': widgets.IntSlider(value=0, min=0, max=len(images) - 1, description='image',
+                                           continuous_update=False),
                 'logsnr': _slider(logsnr, -10., 10., 0.1, 'lambda'),
-                'process': widgets.Dropdown(options=PROCESSES, value=check_choice(process, 'process', PROCESSES), description='process'),
+                'process': widgets.Dropdown(options=PROCESSES, value=check_choice(process, 'process', PROCESSES),
+                                            description='process'),
                 'seed': widgets.IntSlider(value=0, min=0, max=99, description='noise seed', continuous_update=False)}
     return Explorer(_draw_one(images, vocab_size), controls)
 
@@ -331,7 +361,8 @@ def diffusion_viewer(images:Tensor|None=None, # (N, C, H, W) or (N, H, W): integ
 def loss_density(weighting:Weighting, # an object with w(logsnr)
                  logsnr:Tensor, # increasing grid of log-SNRs on [lambda_min, lambda_max], at least 2 points
                  data_scale:float=0.5, # s of the reference data N(0, s^2 I) (0.5 suits data in [-1, 1])
-                )->tuple[Tensor,Tensor]: # (c_w on the grid, integrating to 1; cumulative share from lambda_min, ending at 1)
+                # (c_w on the grid, integrating to 1; cumulative share from lambda_min, ending at 1)
+                )->tuple[Tensor,Tensor]:
     "Share of the loss w(lambda) E||eps - eps_hat||^2 per unit log-SNR for the exact Gaussian denoiser, and its cumulative share"
     grid = torch.as_tensor(logsnr, dtype=torch.float64).flatten()
     if grid.numel() < 2 or not bool(torch.isfinite(grid).all()) or not bool((grid.diff() > 0).all()):
@@ -350,8 +381,10 @@ def _crossing(grid:Tensor, cum:Tensor, level:float)->float:
     c0, c1 = cum[i - 1].item(), cum[i].item()
     return grid[i - 1].item() + (grid[i] - grid[i - 1]).item()*((level - c0)/(c1 - c0) if c1 > c0 else 0.)
 
-def plot_loss_contributions(weightings:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'sigmoid'), # from OBJECTIVES, or Weighting objects
-                            schedule:str|Schedule='cosine', # training schedule (name or object): sets the implied w of MSE-type objectives and the range
+# from OBJECTIVES, or Weighting objects
+def plot_loss_contributions(weightings:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'sigmoid'),
+                            # training schedule (name or object): sets the implied w of MSE-type objectives and the range
+                            schedule:str|Schedule='cosine',
                             data_scale:float=0.5, # s of the reference Gaussian data
                             logsnr_min:float=-10., # lambda(1) of a named schedule
                             logsnr_max:float=10., # lambda(0) of a named schedule
@@ -360,13 +393,15 @@ def plot_loss_contributions(weightings:Sequence=('elbo', 'eps-mse', 'v-mse', 'ed
                             sigmoid_bias:float=2., # b of 'sigmoid'
                             min_snr_gamma:float=5., # gamma of Min-SNR
                             n:int=2001, # grid points
-                           )->Figure: # panel 0: c_w(lambda) per weighting; panel 1: cumulative share from lambda_min, then a line at 1/2
+                           # panel 0: c_w(lambda) per weighting; panel 1: cumulative share from lambda_min, then a line at 1/2
+                           )->Figure:
     "Draw how much of each objective's loss each noise level carries, for the exact denoiser of Gaussian data"
     if isinstance(n, bool) or not isinstance(n, int) or n < 3: raise ValueError(f"n={n!r} must be an int >= 3")
     sched = _resolve_schedule(schedule, logsnr_min, logsnr_max, shift, rho)
     lo, hi = float(sched.logsnr_min), float(sched.logsnr_max)
     grid = torch.linspace(lo, hi, n, dtype=torch.float64)
-    rows = [(label, *loss_density(wt, grid, data_scale)) for label, wt in _weightings(weightings, sched, sigmoid_bias, min_snr_gamma)]
+    rows = [(label, *loss_density(wt, grid, data_scale)) for label, wt in _weightings(weightings, sched, sigmoid_bias,
+            min_snr_gamma)]
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 3.6))
     for label, dens, cum in rows:
         med = _crossing(grid, cum, 0.5)
@@ -382,18 +417,23 @@ def plot_loss_contributions(weightings:Sequence=('elbo', 'eps-mse', 'v-mse', 'ed
     return fig
 
 # %% ../nbs/12_widgets.ipynb #13118857
-def loss_contribution_explorer(weightings:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'sigmoid'), # initial selection from OBJECTIVES
+# initial selection from OBJECTIVES
+def loss_contribution_explorer(weightings:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'sigmoid'),
                                schedule:str='cosine', # initial training schedule, from FIXED_SCHEDULES
                                data_scale:float=0.5, # initial s, log slider on [0.01, 10]
                                logsnr_min:float=-10., # initial lambda(1), slider on [-20, 0]
                                logsnr_max:float=10., # initial lambda(0), slider on [0, 20]
-                              )->Explorer: # controls 'weightings', 'schedule', 'data_scale', 'logsnr_min', 'logsnr_max' above `plot_loss_contributions`
+                              # controls 'weightings', 'schedule', 'data_scale', 'logsnr_min', 'logsnr_max' above `plot_loss_contributions`
+                              )->Explorer:
     "Widget: choose weightings, schedule and data scale; shows the share of the loss per noise level"
     weightings = (weightings,) if isinstance(weightings, str) else tuple(weightings)
     for n in weightings: check_choice(n, 'weighting', OBJECTIVES)
-    controls = {'weightings': widgets.SelectMultiple(options=OBJECTIVES, value=weightings, rows=len(OBJECTIVES), description='objectives'),
-                'schedule': widgets.Dropdown(options=FIXED_SCHEDULES, value=check_choice(schedule, 'schedule', FIXED_SCHEDULES), description='schedule'),
-                'data_scale': widgets.FloatLogSlider(value=data_scale, base=10, min=-2, max=1, step=0.05, description='data scale s',
+    controls = {'weightings': widgets.SelectMultiple(options=OBJECTIVES, value=weightings, rows=len(OBJECTIVES),
+                                                     description='objectives'),
+                'schedule': widgets.Dropdown(options=FIXED_SCHEDULES, value=check_choice(schedule, 'schedule',
+                        FIXED_SCHEDULES), description='schedule'),
+                'data_scale': widgets.FloatLogSlider(value=data_scale, base=10, min=-2, max=1, step=0.05,
+                                                     description='data scale s',
                                                      continuous_update=False),
                 **_endpoint_sliders(logsnr_min, logsnr_max)}
     return Explorer(plot_loss_contributions, controls)
