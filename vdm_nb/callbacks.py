@@ -73,7 +73,7 @@ class LogCB(Callback):
     def after_eval(self, learn):
         if learn.accelerator.is_main_process: self._append(self.eval_path, json.dumps(learn.last_eval))
 
-# %% ../nbs/13_callbacks.ipynb #f74ef4c9
+# %% ../nbs/13_callbacks.ipynb #6556e65c
 class ProgressCB(Callback):
     "A tqdm progress bar showing the latest logged loss and bits/dim (main process only)"
     order = LogCB.order - 10
@@ -92,6 +92,7 @@ class ProgressCB(Callback):
     def cleanup_fit(self, learn):
         if self.bar is not None: self.bar.close()
 
+# %% ../nbs/13_callbacks.ipynb #fb1929b2
 class PrintCB(Callback):
     "Print a progress line at every log row (main process only)"
     order = LogCB.order + 10

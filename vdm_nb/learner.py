@@ -20,7 +20,7 @@ from . import checkpoint, distributed as dist
 __all__ = ['PRECISIONS', 'mix_seed', 'epoch_permutation', 'batch_position', 'batch_indices', 'step_noise', 'shard_rows',
            'ema_decay_at', 'ema_update', 'resolve_precision', 'Objective', 'Learner']
 
-# %% ../nbs/09_learner.ipynb #31d94957
+# %% ../nbs/09_learner.ipynb #8a7c2c70
 def mix_seed(*parts, # anything with a stable repr: the run's seed, a stream name, a step
             )->int: # a 63-bit integer seed
     "A seed from `parts`, identical in every process and Python session (SHA-256 of their repr)"
@@ -34,6 +34,7 @@ def epoch_permutation(epoch:int, # epoch index e >= 0
     check_int(epoch, 'epoch', 0); check_int(n, 'n', 1)
     return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 'epoch', epoch)))
 
+# %% ../nbs/09_learner.ipynb #2a16e3fa
 def batch_position(step:int, # optimiser step k >= 0
                    n:int, # number of training examples N
                    batch_size:int, # global batch size B <= N
@@ -54,6 +55,7 @@ def batch_indices(step:int, # optimiser step k >= 0
     epoch, pos = batch_position(step, n, batch_size)
     return epoch_permutation(epoch, n, seed)[pos:pos + batch_size]
 
+# %% ../nbs/09_learner.ipynb #70472f07
 def step_noise(step:int, # optimiser step k (or an evaluation batch index)
                batch_size:int, # global batch size B
                shape:tuple, # shape of one example
@@ -138,9 +140,18 @@ class Objective(nn.Module):
         "The loss terms of a micro-batch with every random number given"
         return self.loss(self.model, data, t=t, eps=eps, eps_0=eps_0, adapt=False)
 
-# %% ../nbs/09_learner.ipynb #b796a07f
+# %% ../nbs/09_learner.ipynb #7098349c
+def _check_inputs(model, loss:VDMLoss, data)->Tensor:
+    "Model and loss checked against each other, and the training tensor validated once against the loss (values too)"
+    if not isinstance(model, nn.Module): raise TypeError(f'model must be an nn.Module, got {type(model).__name__}')
+    if not isinstance(loss, VDMLoss): raise TypeError(f'loss must be a vdm_nb.losses.VDMLoss, got {type(loss).__name__}')
+    if getattr(model, 'pred', 'eps') != loss.pred:
+        raise ValueError(f"model.pred={getattr(model, 'pred', 'eps')!r} but loss.pred={loss.pred!r}: "
+                         f"build the loss with pred={getattr(model, 'pred', 'eps')!r}")
+    return _check_data(data, loss)
+
 def _check_data(data, loss:VDMLoss)->Tensor:
-    "The training tensor, validated once against the loss (values included: the only host syncs of training data)"
+    "A data tensor validated once against the loss (values included: the only host syncs of training data)"
     if not torch.is_tensor(data) and torch.is_tensor(getattr(data, 'x', None)):     # e.g. a vdm_nb.data.DataSplit
         dv = getattr(data, 'vocab_size', loss.vocab_size)
         if dv != loss.vocab_size: raise ValueError(f'data.vocab_size={dv} but loss.vocab_size={loss.vocab_size}: build '
@@ -157,6 +168,7 @@ def _check_data(data, loss:VDMLoss)->Tensor:
                          'pass the integer images (e.g. uint8), or use vocab_size=None for continuous data')
     return loss.validate(data)
 
+# %% ../nbs/09_learner.ipynb #7ccf691d
 class Learner:
     "Train a model(z, logsnr) on a VDMLoss: deterministic global batches, AdamW, warm-up, clipping, EMA, checkpoints"
     def __init__(self,
@@ -184,38 +196,25 @@ class Learner:
                  # a ready Accelerator (built with mixed_precision='no'); default: made here
                  accelerator:Accelerator|None=None,
                 ):
-        if not isinstance(model, nn.Module): raise TypeError(f'model must be an nn.Module, got {type(model).__name__}')
-        if not isinstance(loss, VDMLoss): raise TypeError(f'loss must be a vdm_nb.losses.VDMLoss, got '
-                                                          f'{type(loss).__name__}')
-        if getattr(model, 'pred', 'eps') != loss.pred:
-            raise ValueError(f"model.pred={getattr(model, 'pred', 'eps')!r} but loss.pred={loss.pred!r}: "
-                             f"build the loss with pred={getattr(model, 'pred', 'eps')!r}")
-        self.data = _check_data(data, loss)
+        self.data = _check_inputs(model, loss, data)
         n = len(self.data)
-        self.batch_size = check_int(batch_size, 'batch_size', 1, fix=f'(and at most the {n} training examples)')
-        if batch_size > n: raise ValueError(f'batch_size={batch_size} exceeds the {n} training examples: use '
-                                            f'batch_size <= {n}')
+        self.batch_size = check_int(batch_size, 'batch_size', 1, n, fix=f'(at most the {n} training examples)')
         self.grad_accum, self.log_every = check_int(grad_accum, 'grad_accum', 1), check_int(log_every, 'log_every', 1)
         self.warmup_steps = check_int(warmup_steps, 'warmup_steps', 0, fix='(0: no warm-up)')
-        self.seed = check_int(seed, 'seed', 0, 2**63 - 1)
-        self.lr = check_float(lr, 'lr', 0, low_open=True, fix='e.g. 2e-4')
+        self.seed, self.lr = check_int(seed, 'seed', 0, 2**63 - 1), check_float(lr, 'lr', 0, low_open=True, fix='e.g. 2e-4')
         self.weight_decay = check_float(weight_decay, 'weight_decay', 0)
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2): raise ValueError(f'betas={betas!r} must be two '
-                f'numbers in [0, 1), e.g. (0.9, 0.99)')
-        self.betas = tuple(check_float(b_, 'betas[i]', 0, 1, high_open=True) for b_ in betas)
-        self.grad_clip = None if grad_clip is None else check_float(grad_clip, 'grad_clip', 0, low_open=True,
-                                                                    fix='or None for no clipping')
+        self.betas = tuple(check_float(b, 'betas[i]', 0, 1, high_open=True, fix='e.g. (0.9, 0.99)') for b in betas)
+        if len(self.betas) != 2: raise ValueError(f'betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.99)')
+        self.grad_clip = grad_clip if grad_clip is None else check_float(grad_clip, 'grad_clip', 0, low_open=True)
         self.ema_decay = check_float(ema_decay, 'ema_decay', 0, 1, high_open=True, fix='e.g. 0.9999')
-        for name, v in (('compile', compile), ('channels_last', channels_last), ('deterministic', deterministic),
-                        ('cpu', cpu)): check_bool(v, name)
+        for name, v in dict(compile=compile, channels_last=channels_last, deterministic=deterministic, cpu=cpu).items():
+            check_bool(v, name)
         if channels_last and self.data.ndim != 4:
-            raise ValueError(f'channels_last=True needs 4-D image data (N, C, H, W), got {self.data.ndim}-D: pass '
-                             f'channels_last=False')
+            raise ValueError(f'channels_last=True needs 4-D images (N, C, H, W), got {self.data.ndim}-D data: pass False')
         check_choice(mixed_precision, 'mixed_precision', PRECISIONS)
         self.out_dir = None if out_dir is None else Path(out_dir)
         self._prepare(model, loss, mixed_precision, compile, channels_last, deterministic, cpu, accelerator)
-        self.cbs = list(cbs) + ([LogCB()] if self.out_dir is not None and not any(isinstance(cb, LogCB) for cb in cbs)
-                                else [])
+        self.cbs = list(cbs) + [LogCB()]*(self.out_dir is not None and not any(isinstance(cb, LogCB) for cb in cbs))
         self.step, self.n_steps, self.saved_step, self.saved_path = 0, 0, None, None
         self.history = {k: [] for k in ('step', 'loss', 'grad_norm', 'lr', 'skipped')}
         self._pending, self._logged, self._log_time = [], 0, time.perf_counter()
