@@ -4,12 +4,13 @@
 
 # %% ../nbs/13_callbacks.ipynb #fc2e2efa
 from __future__ import annotations
-import importlib.util, json, math, sys, time
+import importlib.util, json, math, os, sys, time
 from operator import attrgetter
 from pathlib import Path
 import torch
 from .core import check_float, check_int
 from .evaluate import save_grid
+from .checkpoint import atomic_write
 
 # %% auto #0
 __all__ = ['EVENTS', 'LOG_KEYS', 'CancelFitException', 'CancelStepException', 'Callback', 'run_cbs', 'LogCB', 'ProgressCB',
@@ -41,15 +42,6 @@ def run_cbs(cbs:list, # callbacks
 # %% ../nbs/13_callbacks.ipynb #2481e02f
 LOG_KEYS = ('step', 'loss', 'bpd', 'lr', 'grad_norm', 'skipped', 'sec_per_step', 'time')
 
-def _keep_rows_upto(path:Path, step:int, csv:bool)->None:
-    "Drop the rows of a log file whose step is after `step` (a resumed run re-does them)"
-    if not path.exists(): return
-    lines = path.read_text().splitlines()
-    head, rows = (lines[:1], lines[1:]) if csv else ([], lines)
-    step_of = (lambda l: int(float(l.split(',')[0]))) if csv else (lambda l: int(json.loads(l)['step']))
-    keep = [l for l in rows if l.strip() and step_of(l) <= step]
-    if len(keep) != len(rows): path.write_text(''.join(l + '\n' for l in head + keep))
-
 class LogCB(Callback):
     "Append `learn.record` to out_dir/log.csv (or log.jsonl) and evaluations to out_dir/eval.jsonl"
     order = 20
@@ -57,23 +49,23 @@ class LogCB(Callback):
                 ):
         if fmt not in ('csv', 'jsonl'): raise ValueError(f"fmt={fmt!r} is unknown: use 'csv' or 'jsonl'")
         self.fmt = fmt
-    def before_fit(self, learn):
+    def _row(self, r:dict)->str: return ','.join(f'{r[k]:.10g}' for k in LOG_KEYS) if self.fmt == 'csv' else json.dumps(r)
+    def before_fit(self, learn):                   # the files are rewritten from the run's state, never trusted as found
         if learn.out_dir is None: raise ValueError('LogCB writes to Learner(out_dir=...): pass an out_dir')
         self.path, self.eval_path = learn.out_dir/f'log.{self.fmt}', learn.out_dir/'eval.jsonl'
         if not learn.accelerator.is_main_process: return
-        learn.out_dir.mkdir(parents=True, exist_ok=True)
-        _keep_rows_upto(self.path, learn.step, self.fmt == 'csv'); _keep_rows_upto(self.eval_path, learn.step, False)
-        if self.fmt == 'csv' and not self.path.exists(): self.path.write_text(','.join(LOG_KEYS) + '\n')
+        head = [','.join(LOG_KEYS)] if self.fmt == 'csv' else []
+        atomic_write(self.path, ''.join(l + '\n' for l in head + [self._row(r) for r in learn.records]))
+        if learn.evals or self.eval_path.exists():
+            atomic_write(self.eval_path, ''.join(json.dumps(e) + '\n' for e in learn.evals))
     def _append(self, path, line):
-        with open(path, 'a') as f: f.write(line + '\n')
+        with open(path, 'a') as f: f.write(line + '\n'); f.flush(); os.fsync(f.fileno())
     def after_log(self, learn):
-        if not learn.accelerator.is_main_process: return
-        r = learn.record
-        self._append(self.path, ','.join(f'{r[k]:.10g}' for k in LOG_KEYS) if self.fmt == 'csv' else json.dumps(r))
+        if learn.accelerator.is_main_process: self._append(self.path, self._row(learn.record))
     def after_eval(self, learn):
         if learn.accelerator.is_main_process: self._append(self.eval_path, json.dumps(learn.last_eval))
 
-# %% ../nbs/13_callbacks.ipynb #6556e65c
+# %% ../nbs/13_callbacks.ipynb #16f24de8
 class ProgressCB(Callback):
     "A tqdm progress bar showing the latest logged loss and bits/dim (main process only)"
     order = LogCB.order - 10
@@ -92,7 +84,7 @@ class ProgressCB(Callback):
     def cleanup_fit(self, learn):
         if self.bar is not None: self.bar.close()
 
-# %% ../nbs/13_callbacks.ipynb #fb1929b2
+# %% ../nbs/13_callbacks.ipynb #88733d25
 class PrintCB(Callback):
     "Print a progress line at every log row (main process only)"
     order = LogCB.order + 10
@@ -143,8 +135,6 @@ class EvalCB(Callback):
         check_int(every, 'every', 1)
         if not callable(eval_fn): raise TypeError('eval_fn must be callable: eval_fn(learn) -> dict of numbers')
         self.every, self.eval_fn, self.at_end, self.main_only, self._done = every, eval_fn, at_end, main_only, None
-    def before_fit(self, learn):
-        if not hasattr(learn, 'evals'): learn.evals = []
     def _eval(self, learn):
         self._done = learn.step
         learn.sync_ema()                                                  # on every process (FSDP gathers)

@@ -4,13 +4,14 @@
 
 # %% ../nbs/00_core.ipynb #a31cf212
 from __future__ import annotations
-import math, numbers
+import math, numbers, os
+from pathlib import Path
 import torch
 from torch import Tensor
 
 # %% auto #0
 __all__ = ['check_int', 'check_float', 'check_bool', 'check_choice', 'max_logsnr', 'check_logsnr_range', 'check_finite',
-           'check_vocab', 'SyncCounter']
+           'check_vocab', 'fsync_dir', 'atomic_write', 'SyncCounter']
 
 # %% ../nbs/00_core.ipynb #099df485
 def _bounds(low, high, low_open:bool=False, high_open:bool=False)->str:
@@ -120,6 +121,45 @@ def check_vocab(k:Tensor, # data that should hold integers in {0, ..., V-1}
                              f'vocab_size={vocab_size} allows '
                              f'0..{vocab_size - 1}; pass the right vocab_size or rescale the data')
     return k
+
+# %% ../nbs/00_core.ipynb #69703c8a
+def fsync_dir(folder:Path)->None:
+    "Make a rename in `folder` durable (POSIX; a no-op where folders cannot be opened)"
+    try: fd = os.open(folder, os.O_RDONLY)
+    except OSError: return
+    try: os.fsync(fd)
+    except OSError: pass
+    finally: os.close(fd)
+
+def _alive(pid:int)->bool:
+    "Whether a process with this id exists (a process we may not signal exists too)"
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OverflowError, ValueError): return True
+    return True
+
+def atomic_write(path, # final file name
+                 data, # bytes, text (written as UTF-8), or a function write(file) that writes the content
+                 previous=None, # if given and `path` exists, the old file is first renamed to this name
+                )->Path: # the path written
+    "Write `data` so that `path` is always a complete file: temporary file, flush, fsync, os.replace"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f'.{path.name}.*.tmp'):                # left by a killed writer, never a live one's
+        pid = stale.name[len(path.name) + 2:-4]
+        if pid.isdigit() and not _alive(int(pid)): stale.unlink(missing_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    write = data if callable(data) else (lambda f: f.write(data.encode() if isinstance(data, str) else data))
+    try:
+        with open(tmp, 'wb') as f:
+            write(f); f.flush(); os.fsync(f.fileno())
+        if previous is not None and path.exists(): os.replace(path, previous)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
 
 # %% ../nbs/00_core.ipynb #ed9259e8
 from torch.utils._python_dispatch import TorchDispatchMode

@@ -20,7 +20,7 @@ from . import checkpoint, distributed as dist
 __all__ = ['PRECISIONS', 'mix_seed', 'epoch_permutation', 'batch_position', 'batch_indices', 'step_noise', 'shard_rows',
            'ema_decay_at', 'ema_update', 'resolve_precision', 'Objective', 'Learner']
 
-# %% ../nbs/09_learner.ipynb #8a7c2c70
+# %% ../nbs/09_learner.ipynb #497d19e9
 def mix_seed(*parts, # anything with a stable repr: the run's seed, a stream name, a step
             )->int: # a 63-bit integer seed
     "A seed from `parts`, identical in every process and Python session (SHA-256 of their repr)"
@@ -34,7 +34,7 @@ def epoch_permutation(epoch:int, # epoch index e >= 0
     check_int(epoch, 'epoch', 0); check_int(n, 'n', 1)
     return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 'epoch', epoch)))
 
-# %% ../nbs/09_learner.ipynb #2a16e3fa
+# %% ../nbs/09_learner.ipynb #7911aff0
 def batch_position(step:int, # optimiser step k >= 0
                    n:int, # number of training examples N
                    batch_size:int, # global batch size B <= N
@@ -55,7 +55,7 @@ def batch_indices(step:int, # optimiser step k >= 0
     epoch, pos = batch_position(step, n, batch_size)
     return epoch_permutation(epoch, n, seed)[pos:pos + batch_size]
 
-# %% ../nbs/09_learner.ipynb #70472f07
+# %% ../nbs/09_learner.ipynb #24129c07
 def step_noise(step:int, # optimiser step k (or an evaluation batch index)
                batch_size:int, # global batch size B
                shape:tuple, # shape of one example
@@ -140,7 +140,7 @@ class Objective(nn.Module):
         "The loss terms of a micro-batch with every random number given"
         return self.loss(self.model, data, t=t, eps=eps, eps_0=eps_0, adapt=False)
 
-# %% ../nbs/09_learner.ipynb #7098349c
+# %% ../nbs/09_learner.ipynb #d780bab7
 def _check_inputs(model, loss:VDMLoss, data)->Tensor:
     "Model and loss checked against each other, and the training tensor validated once against the loss (values too)"
     if not isinstance(model, nn.Module): raise TypeError(f'model must be an nn.Module, got {type(model).__name__}')
@@ -168,7 +168,7 @@ def _check_data(data, loss:VDMLoss)->Tensor:
                          'pass the integer images (e.g. uint8), or use vocab_size=None for continuous data')
     return loss.validate(data)
 
-# %% ../nbs/09_learner.ipynb #7ccf691d
+# %% ../nbs/09_learner.ipynb #59532b37
 class Learner:
     "Train a model(z, logsnr) on a VDMLoss: deterministic global batches, AdamW, warm-up, clipping, EMA, checkpoints"
     def __init__(self,
@@ -195,6 +195,7 @@ class Learner:
                  cpu:bool=False, # force the CPU even when a GPU is present
                  # a ready Accelerator (built with mixed_precision='no'); default: made here
                  accelerator:Accelerator|None=None,
+                 config:dict|None=None, # the job's settings, kept in checkpoints: a resume must match them
                 ):
         self.data = _check_inputs(model, loss, data)
         n = len(self.data)
@@ -212,13 +213,13 @@ class Learner:
         if channels_last and self.data.ndim != 4:
             raise ValueError(f'channels_last=True needs 4-D images (N, C, H, W), got {self.data.ndim}-D data: pass False')
         check_choice(mixed_precision, 'mixed_precision', PRECISIONS)
-        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.out_dir, self.config = None if out_dir is None else Path(out_dir), config
         self._prepare(model, loss, mixed_precision, compile, channels_last, deterministic, cpu, accelerator)
         self.cbs = list(cbs) + [LogCB()]*(self.out_dir is not None and not any(isinstance(cb, LogCB) for cb in cbs))
         self.step, self.n_steps, self.saved_step, self.saved_path = 0, 0, None, None
-        self.history = {k: [] for k in ('step', 'loss', 'grad_norm', 'lr', 'skipped')}
-        self._pending, self._logged, self._log_time = [], 0, time.perf_counter()
-        self.record, self.last_eval = None, None
+        self.history = {k: [] for k in _INTERVAL}                    # every step this object ran
+        self._pending, self._interval, self._log_time = [], _new_interval(), time.perf_counter()
+        self.record, self.records, self.last_eval, self.evals = None, [], None, []
 
 # %% ../nbs/09_learner.ipynb #d704588f
 @patch
@@ -344,6 +345,7 @@ def _one_step(self:Learner)->None:
     else: ema_update(self.ema_model, self.model, d); self._ema_at = k + 1
     self.step = k + 1
     self._pending.append((k + 1, lr, torch.stack([total.mean().float(), norm.float()])))
+    if self._log_due(): self._log()                               # before after_step: the row precedes a checkpoint
 
 @patch
 def _update(self:Learner)->Tensor: # the gradient norm before clipping (a 0-d tensor on the device)
@@ -359,13 +361,14 @@ def _update(self:Learner)->Tensor: # the gradient norm before clipping (a 0-d te
 # %% ../nbs/09_learner.ipynb #2c1e3179
 @patch
 def _pull(self:Learner)->None:
-    "Copy the per-step values pending on the device to self.history (one host sync); stop at a non-finite loss"
+    "Copy the per-step values pending on the device to the host (one sync): history and the interval being logged"
     if not self._pending: return
     steps, lrs, vals = zip(*self._pending)
     self._pending, vals, fp16 = [], torch.stack(vals).double().cpu().tolist(), self.precision == 'fp16'
     for s, lr, (loss, norm) in zip(steps, lrs, vals):
-        skipped = fp16 and not math.isfinite(norm)                      # fp16: an overflow, and the scaler skipped it
-        for key, v in zip(self.history, (s, loss, norm, lr, int(skipped))): self.history[key].append(v)
+        skipped = int(fp16 and not math.isfinite(norm))                 # fp16: an overflow, and the scaler skipped it
+        for key, v in zip(self.history, (s, loss, norm, lr, skipped)): self.history[key].append(v)
+        for key, v in zip(_INTERVAL, (s, loss, norm, lr, skipped)): self._interval[key].append(v)
         if not math.isfinite(loss) or (not fp16 and not math.isfinite(norm)):
             raise FloatingPointError(f'the training loss is {loss:g} (gradient norm {norm:g}) at step {s}: training '
                                      f'stopped. {self._divergence_help()}')
@@ -378,19 +381,38 @@ def _divergence_help(self:Learner)->str:
     clip = '' if self.grad_clip else ', with grad_clip on'
     return f'{where} with a lower lr (now {self.lr:g}){clip}, or check the data and the model.'
 
+# %% ../nbs/09_learner.ipynb #1633691e
+_INTERVAL = ('step', 'loss', 'grad_norm', 'lr', 'skipped')
+
+def _new_interval()->dict: return {**{k: [] for k in _INTERVAL}, 'seconds': 0.}
+
+@patch
+def _interval_state(self:Learner)->dict:
+    "The interval being logged, with its wall time so far (what a checkpoint saves)"
+    return {**{k: list(self._interval[k]) for k in _INTERVAL},
+            'seconds': self._interval['seconds'] + time.perf_counter() - self._log_time}
+
 @patch
 def _log(self:Learner)->None:
-    "Means over the steps since the last log into `self.record`, then `after_log`"
+    "The means of the interval into `self.record` (and `self.records`), then `after_log`"
     self._pull()
-    h, i, now = self.history, self._logged, time.perf_counter()
-    n = len(h['step']) - i
+    iv, now = self._interval, time.perf_counter()
+    n = len(iv['step'])
     if n == 0: return
-    loss, norms = sum(h['loss'][i:])/n, [g for g, s in zip(h['grad_norm'][i:], h['skipped'][i:]) if not s]
-    self.record = {'step': self.step, 'loss': loss, 'bpd': bits_per_dim(loss, self.n_dims), 'lr': h['lr'][-1],
-                   'grad_norm': sum(norms)/len(norms) if norms else math.nan, 'skipped': sum(h['skipped'][i:]),
-                   'sec_per_step': (now - self._log_time)/n, 'time': time.time()}
-    self._logged, self._log_time = len(h['step']), now
+    norms = [g for g, s in zip(iv['grad_norm'], iv['skipped']) if not s]
+    loss = sum(iv['loss'])/n
+    self.record = {'step': self.step, 'loss': loss, 'bpd': bits_per_dim(loss, self.n_dims), 'lr': iv['lr'][-1],
+                   'grad_norm': sum(norms)/len(norms) if norms else math.nan, 'skipped': sum(iv['skipped']),
+                   'sec_per_step': (iv['seconds'] + now - self._log_time)/n, 'time': time.time()}
+    self.records.append(self.record)
+    self._interval, self._log_time = _new_interval(), now
     self.callback('after_log')
+
+@patch
+def _folder_lock(self:Learner):
+    "The run folder's lock (vdm_nb.checkpoint.lock_run) on the main process, when there is a folder"
+    if self.out_dir is None or not self.accelerator.is_main_process: return contextlib.nullcontext()
+    return checkpoint.lock_run(self.out_dir)
 
 # %% ../nbs/09_learner.ipynb #7324ab10
 @patch
@@ -414,7 +436,8 @@ def fit(self:Learner,
                          f'n_steps >= {self.step}')
     extra = list(cbs); self.cbs += extra; self.n_steps = n_steps
     self._log_time = time.perf_counter()
-    try: self._with_cbs('fit', self._steps); self._pull()          # history holds every step when fit returns
+    try:
+        with self._folder_lock(): self._with_cbs('fit', self._steps); self._pull()   # history holds every step
     finally:
         for cb in extra: self.cbs.remove(cb)
 
@@ -426,8 +449,11 @@ def _steps(self:Learner)->None:
         self._with_cbs('step', self._one_step)
         if self.step == k:                                       # cancelled: drop its gradients, keep the numbering
             self.opt.zero_grad(set_to_none=True); self.sched.step(); self.step = k + 1
-        if self.step % self.log_every == 0 or self.step == self.n_steps: self._log()
+            if self._log_due(): self._log()
     self.sync_ema()                                              # ema_model is current when fit returns
+
+@patch
+def _log_due(self:Learner)->bool: return self.step % self.log_every == 0 or self.step == self.n_steps
 
 @patch
 def sync_ema(self:Learner)->nn.Module: # the EMA model, with the current EMA weights

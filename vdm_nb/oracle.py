@@ -14,7 +14,7 @@ from .forward import PARAMETERISATIONS, PROCESSES, log_alpha_sigma, target
 # %% auto #0
 __all__ = ['GaussianOracle', 'MixtureOracle']
 
-# %% ../nbs/05_oracle.ipynb #64677949
+# %% ../nbs/05_oracle.ipynb #705d3639
 def _check_process(process): check_choice(process, 'process', PROCESSES)
 
 def _softplus(a:Tensor)->Tensor:
@@ -23,7 +23,7 @@ def _softplus(a:Tensor)->Tensor:
 
 def _check_n(n): check_int(n, 'n', 1)
 
-# %% ../nbs/05_oracle.ipynb #de7ea986
+# %% ../nbs/05_oracle.ipynb #e7ad6b4d
 class _Oracle:
     "Checks and the model wrapper shared by the oracles; a subclass defines `_posterior(z, logsnr)` and `log_prob(x)`"
     def _data(self, x:Tensor, name:str='x')->Tensor:

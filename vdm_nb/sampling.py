@@ -15,7 +15,7 @@ from .schedules import EDMSamplingSchedule
 # %% auto #0
 __all__ = ['sample_prior', 'ancestral_sample', 'ddim_sample', 'heun_sample']
 
-# %% ../nbs/08_sampling.ipynb #3c4a7e7a
+# %% ../nbs/08_sampling.ipynb #4de814b7
 def _check_shape(shape)->tuple:
     "`shape` as a tuple of positive ints whose first entry is the batch size"
     if not isinstance(shape, (tuple, list, torch.Size)):
@@ -55,7 +55,7 @@ def _device(model, device)->torch.device:
     p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     return p.device if p is not None else torch.device('cpu')
 
-# %% ../nbs/08_sampling.ipynb #87b4a435
+# %% ../nbs/08_sampling.ipynb #730202d5
 def _grid(schedule, n:int)->Tensor:
     "lambda(i/n) for i = 0..n (lambda(1) alone for n = 0), a float64 CPU tensor, checked finite and strictly decreasing"
     t = torch.arange(n + 1, dtype=torch.float64)/n if n > 0 else torch.ones(1, dtype=torch.float64)
@@ -84,7 +84,7 @@ def sample_prior(shape:tuple, # (B, ...) with the batch dimension first
     if not math.isfinite(float(logsnr_min)): raise ValueError(f"logsnr_min={logsnr_min!r} must be finite")
     return _prior_std(logsnr_min, process)*torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
-# %% ../nbs/08_sampling.ipynb #82cc5b5c
+# %% ../nbs/08_sampling.ipynb #968d03be
 def _start(z_init, shape, logsnr_1, process, generator, device, dtype)->Tensor:
     "The first latent: `z_init` when given (checked), else a draw from the prior"
     if z_init is None: return sample_prior(shape, logsnr_1, process, generator, device, dtype)

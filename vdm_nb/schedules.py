@@ -327,7 +327,7 @@ class FlowMatchingSchedule(Schedule):
         return torch.where(l >= 0, (u - self._u0) / self._du, 1 - (v - self._v1) / self._du)
     def _pdf(self, l): return torch.sigmoid(l / 2) * torch.sigmoid(-l / 2) / (2 * self._du)
 
-# %% ../nbs/02_schedules.ipynb #dccd3d18
+# %% ../nbs/02_schedules.ipynb #759f32cd
 class PiecewiseLinearSchedule(Schedule):
     "lambda(t) piecewise linear through knots (t_k, lambda_k), t from 0 to 1, lambda strictly decreasing"
     def __init__(self, t_knots:Tensor,    # (K+1,) times increasing from exactly 0 to exactly 1
@@ -372,7 +372,7 @@ class PiecewiseLinearSchedule(Schedule):
         k = self._segment(-l.detach().to(self.logsnr_knots.dtype), -self.logsnr_knots)
         return (-1 / self._slope(k)).to(l.dtype)
 
-# %% ../nbs/02_schedules.ipynb #7161ace4
+# %% ../nbs/02_schedules.ipynb #c86182d9
 def ddpm_betas(kind:str='linear',      # 'linear' (Ho et al. 2020) or 'cosine' (Nichol & Dhariwal 2021)
                n_steps:int=1000,         # T, the number of discrete steps
                beta_start:float=1e-4,    # linear: beta_1
@@ -417,7 +417,7 @@ class DDPMSchedule(PiecewiseLinearSchedule):
              else f"cosine_s={self.cosine_s:g}, max_beta={self.max_beta:g}")
         return f"kind={self.kind!r}, n_steps={self.n_steps}, {p}"
 
-# %% ../nbs/02_schedules.ipynb #f3e7c3fe
+# %% ../nbs/02_schedules.ipynb #9b44d6ab
 def _inv_softplus(y:float)->float:
     "x with softplus(x) = y, for y > 0"
     return y + math.log(-math.expm1(-y))
@@ -455,7 +455,7 @@ class LearnedLinearSchedule(Schedule):
         b, w = self._bw(l); return (-l - b) / w
     def _pdf(self, l): return (1 / self._bw(l)[1]).expand_as(l)
 
-# %% ../nbs/02_schedules.ipynb #5c94c1a9
+# %% ../nbs/02_schedules.ipynb #e571f3e4
 class LearnedMonotoneSchedule(Schedule):
     "VDM's monotone network for gamma(t), normalised to [gamma_min, gamma_max] (learned or fixed)"
     min_gap = 1e-3                                         # floor for gamma_max - gamma_min and for l1's weight
