@@ -25,7 +25,7 @@ def atomic_save(obj, # what to save (torch.save)
     "torch.save so that `path` is always a complete file: temporary file, flush, fsync, os.replace"
     return atomic_write(path, lambda f: torch.save(obj, f), previous)
 
-# %% ../nbs/14_checkpoint.ipynb #16a21c67
+# %% ../nbs/14_checkpoint.ipynb #c53e4a8f
 class RunFolderLocked(RuntimeError): "Another process holds the run folder's lock"
 
 _HELD = {}                                                    # lock file -> [open descriptor, depth], this process's locks
@@ -184,7 +184,7 @@ def load_checkpoint(learn, # a Learner
     path = Path(path)
     return _restore(learn, _read(path, learn), path)
 
-# %% ../nbs/14_checkpoint.ipynb #ebbe5efc
+# %% ../nbs/14_checkpoint.ipynb #e3a889c2
 def set_aside(path:Path, # a file that cannot be used
              )->Path: # its new name
     "Rename `path` to <stem>.unreadable-<UTC time><suffix> beside it, so that nothing is rotated over a good file"

@@ -122,7 +122,7 @@ def check_vocab(k:Tensor, # data that should hold integers in {0, ..., V-1}
                              f'0..{vocab_size - 1}; pass the right vocab_size or rescale the data')
     return k
 
-# %% ../nbs/00_core.ipynb #69703c8a
+# %% ../nbs/00_core.ipynb #29714eb4
 def fsync_dir(folder:Path)->None:
     "Make a rename in `folder` durable (POSIX; a no-op where folders cannot be opened)"
     try: fd = os.open(folder, os.O_RDONLY)

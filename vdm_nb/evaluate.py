@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_finite, check_int, check_vocab
+from .core import atomic_write, check_finite, check_int, check_vocab
 from .losses import VDMLoss, encode, prior_loss
 
 # %% auto #0
@@ -440,13 +440,11 @@ def save_grid(images:Tensor, # images as for image_grid
               padding:int=1, # pixels between images
               min_width:int=0, # enlarge by an integer factor (nearest neighbour) to at least this many pixels wide
              )->Path: # the path written
-    "Write a grid of images as a PNG file"
+    "Write a grid of images as a PNG file (atomically: never a half-written file)"
     from PIL import Image
     path = Path(path)
     if path.suffix.lower() != '.png': raise ValueError(f'path={str(path)!r} must end in .png')
     img = Image.fromarray(image_grid(images, nrow, vocab_size, padding).numpy())
     k = max(1, -(-check_int(min_width, 'min_width', 0)//img.width))
     if k > 1: img = img.resize((img.width*k, img.height*k), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+    return atomic_write(path, lambda f: img.save(f, format='PNG'))

@@ -157,12 +157,17 @@ def to_x(pred:Tensor, # network output of kind `kind`, shape (B, ...)
          kind:str, # one of PARAMETERISATIONS: 'eps', 'x', 'v', 'score', 'F'
          process:str='vp', # process of `z`: 'vp' or 've'
          sigma_data:float=0.5, # EDM's data scale, used by kind 'F'
+         check:bool=True, # refuse a non-finite result (one host sync); samplers pass False and check their end result
         )->Tensor: # the implied data prediction x_hat
     "Data prediction implied by a network output of any kind, given z and lambda"
     _check_kind(kind); logsnr = _prep(pred, z, logsnr, process, sigma_data)
     if kind == 'x': return pred
     xz, xp, _, _ = _inverse_coefs(logsnr, kind, process, sigma_data)
-    return append_dims(xz, z.ndim)*z + append_dims(xp, z.ndim)*pred
+    x = append_dims(xz, z.ndim)*z + append_dims(xp, z.ndim)*pred
+    if check and not bool(torch.isfinite(x).all()) and bool(torch.isfinite(pred).all() & torch.isfinite(z).all()):
+        raise ValueError(f"to_x from kind={kind!r} overflows {x.dtype} at logsnr down to {float(logsnr.min()):g}: "
+                         "there alpha is too small to divide by; use float64, or a network that predicts 'x' or 'v'")
+    return x
 
 def to_eps(pred:Tensor, # network output of kind `kind`, shape (B, ...)
            z:Tensor, # the latent it was computed from, shape of `pred`

@@ -381,7 +381,7 @@ def _divergence_help(self:Learner)->str:
     clip = '' if self.grad_clip else ', with grad_clip on'
     return f'{where} with a lower lr (now {self.lr:g}){clip}, or check the data and the model.'
 
-# %% ../nbs/09_learner.ipynb #1633691e
+# %% ../nbs/09_learner.ipynb #c8f4a46b
 _INTERVAL = ('step', 'loss', 'grad_norm', 'lr', 'skipped')
 
 def _new_interval()->dict: return {**{k: [] for k in _INTERVAL}, 'seconds': 0.}

@@ -220,10 +220,11 @@ def _check_decreasing(schedule:Schedule)->None:
 @patch
 def _check_kind(self:VDMLoss, data:Tensor)->Tensor:
     "Shape and dtype of a batch against the loss's settings (free: no value is looked at)"
-    if data.ndim < 2: raise ValueError(f'data has shape {tuple(data.shape)}: pass a batch (B, ...) with at '
-                                       f'least one data dim')
-    if data.dtype == torch.bool or data.is_complex(): raise ValueError(f'data have dtype {data.dtype}: pass '
-            f'integers or floats')
+    if data.ndim < 2 or data.shape[0] == 0:
+        raise ValueError(f'data has shape {tuple(data.shape)}: pass a batch (B, ...) of at least one example with at '
+                         'least one data dimension')
+    if data.dtype == torch.bool or data.is_complex():
+        raise ValueError(f'data have dtype {data.dtype}: pass integers or floats')
     if self.vocab_size is None and not data.is_floating_point():
         raise ValueError('data are integers but vocab_size=None: pass vocab_size=V for discrete data')
     return data
@@ -241,6 +242,12 @@ def validate(self:VDMLoss, data:Tensor, # a batch or a whole data set (N, ...)
     return data
 
 # %% ../nbs/04_losses.ipynb #022183d0
+def _check_given(t:Tensor, eps:Tensor, eps_0:Tensor|None)->None:
+    "Refuse given times outside [0, 1) and non-finite given noise, naming which (check=True only)"
+    if not bool(((t >= 0) & (t < 1)).all()): raise ValueError('t must lie in [0, 1): pass times from losses.sample_t')
+    check_finite('the given noise eps', eps, 'Pass finite noise, e.g. torch.randn.')
+    if eps_0 is not None: check_finite('the given noise eps_0', eps_0, 'Pass finite noise, e.g. torch.randn.')
+
 @patch
 def forward(self:VDMLoss,
             model, # model(z, logsnr) -> prediction of kind `pred`, shape of z
@@ -260,6 +267,7 @@ def forward(self:VDMLoss,
     t = sample_t(B, self.time_sampler, generator, dev, dtype) if t is None else t.to(dtype)
     if t.shape != (B,): raise ValueError(f't has shape {tuple(t.shape)}: pass one time per example, ({B},)')
     eps = torch.randn(x.shape, generator=generator, device=dev, dtype=dtype) if eps is None else eps.to(dtype)
+    if check: _check_given(t, eps, eps_0)
     with torch.autocast(dev.type, enabled=False):                 # the schedule in full precision
         if T:
             i = torch.floor(t*T) + 1                                  # step i in {1..T}: s = (i-1)/T, t = i/T

@@ -102,7 +102,7 @@ def _denoiser(model, pred:str, process:str, sigma_data:float, clip_x:bool, batch
             raise ValueError(f"the model returned {got} for z of shape {tuple(z.shape)}: it must return a "
                              f"tensor of z's shape")
         out = out.to(dtype)
-        x_hat = to_x(out, z, l, pred, process, sigma_data)
+        x_hat = to_x(out, z, l, pred, process, sigma_data, check=False)
         if not clip_x: return x_hat, to_eps(out, z, l, pred, process, sigma_data)
         x_hat = x_hat.clamp(-1, 1)
         la, ls = log_alpha_sigma(torch.tensor(l, dtype=torch.float64), process)

@@ -430,7 +430,7 @@ class LearnedLinearSchedule(Schedule):
                  learn_endpoints:bool=True,   # False: b and w_raw are fixed buffers
                 ):
         super().__init__()
-        lo, hi = check_logsnr_range(logsnr_min, logsnr_max)
+        lo, hi = check_logsnr_range(logsnr_min, logsnr_max, torch.float32)   # float32 parameters
         if hi - lo <= self.min_gap: raise ValueError(f"need logsnr_max - logsnr_min > {self.min_gap}, got {hi - lo}")
         # 1-element vectors, see below
         b, w_raw = torch.tensor([-hi]), torch.tensor([_inv_softplus(hi - lo - self.min_gap)])
@@ -465,7 +465,7 @@ class LearnedMonotoneSchedule(Schedule):
                  learn_endpoints:bool=True,   # False: gamma_min and gamma_max stay fixed
                 ):
         super().__init__()
-        lo, hi = check_logsnr_range(logsnr_min, logsnr_max)
+        lo, hi = check_logsnr_range(logsnr_min, logsnr_max, torch.float32)   # float32 parameters
         if hi - lo <= self.min_gap: raise ValueError(f"need logsnr_max - logsnr_min > {self.min_gap}, got {hi - lo}")
         if int(n_features) != n_features or n_features < 1: raise ValueError(f"n_features must be a positive integer, "
                 f"got {n_features}")

@@ -4,11 +4,12 @@
 
 # %% ../nbs/11_train.ipynb #498856e2
 from __future__ import annotations
-import argparse, ast, dataclasses, json, math, sys, time
+import argparse, ast, contextlib, dataclasses, errno, json, math, os, sys, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import torch
-from .core import check_choice, check_float, check_int
+from .core import atomic_write, check_choice, check_float, check_int, check_logsnr_range
+from .forward import PREDS
 from .data import get_data
 from .models import UNET_PRESETS, ScoreUNet, n_params
 from .losses import VDMLoss
@@ -16,12 +17,13 @@ from .schedules import SCHEDULES, get_schedule
 from .learner import PRECISIONS, Learner
 from .callbacks import CheckpointCB, LogCB, PrintCB, TimeBudgetCB
 from .distributed import refuse_unsupported_launch, world_size
+from .checkpoint import RunFolderLocked, lock_run
 from .sampling import ancestral_sample
 from .evaluate import test_bpd, per_pixel_bpd, save_grid
 
 # %% auto #0
 __all__ = ['IMAGE_DATA', 'TRAIN_SCHEDULES', 'PRESETS', 'TrainConfig', 'make_config', 'make_model', 'check_batch_split',
-           'save_loss_curve', 'train', 'main']
+           'save_loss_curve', 'TrainingInterrupted', 'train', 'main']
 
 # %% ../nbs/11_train.ipynb #e76d94fe
 IMAGE_DATA = ('digits', 'fmnist', 'mnist', 'cifar10')
@@ -77,39 +79,66 @@ PRESETS = {
                           batch_size=128, lr=5e-4, weight_decay=0.01, warmup_steps=500, ema_decay=0.999, n_steps=50_000,
                           mixed_precision='auto', eval_times=4, eval_batch_size=250, n_samples=64, sample_steps=256,
                           log_every=200, ckpt_every=2000),
-    'cifar10': TrainConfig(data='cifar10', **_net('cifar10'), schedule='learned-linear', logsnr_min=-5.0,
-                           logsnr_max=13.3,
+    'cifar10': TrainConfig(data='cifar10', **_net('cifar10'), schedule='learned-linear', logsnr_min=-5.0, logsnr_max=13.3,
                            batch_size=128, lr=2e-4, weight_decay=0.01, warmup_steps=100, ema_decay=0.9999,
-                           n_steps=10_000_000,
-                           mixed_precision='auto', eval_times=1, eval_batch_size=250, n_samples=64, sample_steps=256,
-                           log_every=1000, ckpt_every=10_000),
+                           n_steps=10_000_000, mixed_precision='auto', eval_times=1, eval_batch_size=250, n_samples=64,
+                           sample_steps=256, log_every=1000, ckpt_every=10_000),
 }
 
-def _check_count(cfg, name:str, low:int, none_ok:bool=False)->None:
-    v = getattr(cfg, name)
-    if not (none_ok and v is None): check_int(v, name, low, fix='or None' if none_ok else '')
+# %% ../nbs/11_train.ipynb #c2eb96c9
+_TRUE, _FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
 
-def make_config(preset:str='digits', # a key of PRESETS
-                **overrides, # TrainConfig fields that replace the preset's values
-               )->TrainConfig: # the checked configuration
-    "A preset with some fields replaced, checked before anything is built"
-    check_choice(preset, 'preset', tuple(PRESETS))
-    known = [f.name for f in fields(TrainConfig)]
-    bad = [k for k in overrides if k not in known]
-    if bad: raise TypeError(f'unknown TrainConfig field(s) {bad}: the fields are {known}')
-    if isinstance(overrides.get('fourier_range'), list): overrides['fourier_range'] = tuple(overrides['fourier_range'])
-    cfg = dataclasses.replace(PRESETS[preset], **overrides)
-    if cfg.data not in IMAGE_DATA: raise ValueError(f'data={cfg.data!r} is not an image dataset: use one '
-                                                    f'of {IMAGE_DATA}')
-    check_choice(cfg.schedule, 'schedule', TRAIN_SCHEDULES); check_choice(cfg.mixed_precision, 'mixed_precision',
-            PRECISIONS)
-    check_choice(cfg.device, 'device', ('auto', 'cpu', 'cuda'))
+def _typed(name:str, value, annotation:str):
+    "`value` as the type the annotation names ('int', 'float|None', 'bool', 'tuple|None', ...), or a ValueError"
+    kinds = [k.strip() for k in annotation.split('|')]
+    if value is None:
+        if 'None' in kinds: return None
+        raise ValueError(f'{name}=None is not allowed: {name} must be a {kinds[0]}')
+    kind = kinds[0]
+    if kind == 'bool':
+        if isinstance(value, bool): return value
+        if isinstance(value, (str, int)) and str(value).strip().lower() in _TRUE + _FALSE:
+            return str(value).strip().lower() in _TRUE
+        raise ValueError(f'{name}={value!r} must be true or false (1/0 and yes/no are accepted too)')
+    if kind == 'int': return check_int(value, name)
+    if kind == 'float': return check_float(value, name)
+    if kind == 'str':
+        if isinstance(value, os.PathLike): return os.fspath(value)              # a folder given as a Path
+        if not isinstance(value, str): raise ValueError(f'{name}={value!r} must be a string')
+        return value
+    if not isinstance(value, (tuple, list)): raise ValueError(f'{name}={value!r} must be a tuple, e.g. (3, 4)')
+    return tuple(value)
+
+# %% ../nbs/11_train.ipynb #a0aa1508
+_COUNTS = dict(channels=4, n_blocks=0, norm_groups=1, batch_size=1, warmup_steps=0, n_steps=1, eval_times=1,
+               eval_batch_size=1, n_samples=0, sample_steps=1, log_every=1, ckpt_every=1)
+
+def _check_values(cfg:TrainConfig)->None:
+    "What each setting may mean, beyond its type"
+    if cfg.data not in IMAGE_DATA: raise ValueError(f'data={cfg.data!r} is not an image dataset: use one of {IMAGE_DATA}')
+    for name, choices in (('schedule', TRAIN_SCHEDULES), ('mixed_precision', PRECISIONS), ('pred', PREDS),
+                          ('device', ('auto', 'cpu', 'cuda'))): check_choice(getattr(cfg, name), name, choices)
     if cfg.device == 'cuda' and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch.cuda.is_available() is False: use device='cpu' (or 'auto')")
+    for name, low in _COUNTS.items(): check_int(getattr(cfg, name), name, low)
+    for name in ('seed', 'data_seed'): check_int(getattr(cfg, name), name, 0, 2**63 - 1)
+    if cfg.n_test is not None: check_int(cfg.n_test, 'n_test', 2, fix='or None for the whole test set')
+    check_float(cfg.dropout, 'dropout', 0, 1, high_open=True); check_float(cfg.lr, 'lr', 0, low_open=True)
+    check_float(cfg.weight_decay, 'weight_decay', 0); check_float(cfg.ema_decay, 'ema_decay', 0, 1, high_open=True)
+    if cfg.grad_clip is not None: check_float(cfg.grad_clip, 'grad_clip', 0, low_open=True, fix='or None')
     if cfg.minutes is not None: check_float(cfg.minutes, 'minutes', 0, low_open=True, fix='or None for no time budget')
-    for name, low in (('n_steps', 0), ('eval_times', 1), ('eval_batch_size', 1), ('n_samples', 0), ('sample_steps', 1),
-                      ('log_every', 1), ('ckpt_every', 1), ('data_seed', 0)): _check_count(cfg, name, low)
-    _check_count(cfg, 'n_test', 2, none_ok=True)
+    check_logsnr_range(cfg.logsnr_min, cfg.logsnr_max, torch.float32)
+
+def make_config(preset:str='digits', # a key of PRESETS
+                **overrides, # TrainConfig fields that replace the preset's values (text is converted, see above)
+               )->TrainConfig: # the checked configuration
+    "A preset with some fields replaced, every field checked against its type and meaning before anything is built"
+    check_choice(preset, 'preset', tuple(PRESETS))
+    known = {f.name: f.type for f in fields(TrainConfig)}
+    bad = [k for k in overrides if k not in known]
+    if bad: raise TypeError(f'unknown TrainConfig field(s) {bad}: the fields are {list(known)}')
+    cfg = dataclasses.replace(PRESETS[preset], **{k: _typed(k, v, known[k]) for k, v in overrides.items()})
+    _check_values(cfg)
     return cfg
 
 # %% ../nbs/11_train.ipynb #586c6576
@@ -129,20 +158,9 @@ def check_batch_split(batch_size:int, # the global batch size
     check_int(batch_size, 'batch_size', 1)
     if batch_size % n_processes:
         lo = max(n_processes, batch_size//n_processes*n_processes)
-        raise ValueError(f'batch_size={batch_size} cannot be split evenly over the {n_processes} processes '
-                         f'of this launch: '
-                         f'use a multiple of {n_processes} (e.g. {lo} or {lo + n_processes}), or launch '
+        raise ValueError(f'batch_size={batch_size} cannot be split evenly over the {n_processes} processes of this '
+                         f'launch: use a multiple of {n_processes} (e.g. {lo} or {lo + n_processes}), or launch '
                          f'{math.gcd(batch_size, n_processes)} process(es)')
-
-_RESUMABLE = ('n_steps', 'minutes', 'device', 'data_root', 'mixed_precision', 'compile', 'eval_times',
-              'eval_batch_size',
-              'n_test', 'n_samples', 'sample_steps', 'log_every', 'ckpt_every')   # may change when a run is resumed
-
-def _config_diffs(saved:dict, cfg:TrainConfig)->list:
-    "Fields (other than _RESUMABLE) in which cfg differs from a saved configuration"
-    mine = json.loads(json.dumps(asdict(cfg)))
-    return [f'{k}: checkpoint {saved.get(k)!r}, this run {v!r}' for k, v in mine.items()
-            if k not in _RESUMABLE and saved.get(k) != v]
 
 def save_loss_curve(log_csv, # the Learner's log.csv (columns step, loss, bpd, ...)
                     path, # PNG file to write
@@ -163,12 +181,71 @@ def save_loss_curve(log_csv, # the Learner's log.csv (columns step, loss, bpd, .
     if test_bpd is not None: ax.axhline(test_bpd, ls=':', c='C3', label=f'test, EMA weights {test_bpd:.3f}')
     ref = [v for v in (baseline, test_bpd) if v is not None]
     top = 1.6*max(ref) if ref else max(bpd)
-    ax.set(xlabel='step', ylabel='bits/dim', title=title, ylim=(0.9*min(bpd + ref), max(min(max(bpd), top), max(ref
-            + [0]) + 0.1)))
-    ax.legend(); fig.tight_layout(); fig.savefig(path, dpi=100)
-    return Path(path)
+    ax.set(xlabel='step', ylabel='bits/dim', title=title,
+           ylim=(0.9*min(bpd + ref), max(min(max(bpd), top), max(ref + [0]) + 0.1)))
+    ax.legend(); fig.tight_layout()
+    return atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=100))
 
 # %% ../nbs/11_train.ipynb #54e1494c
+_RESUMABLE = ('n_steps', 'minutes', 'device', 'data_root', 'mixed_precision', 'compile', 'eval_times', 'eval_batch_size',
+              'n_test', 'n_samples', 'sample_steps', 'log_every', 'ckpt_every')   # may change when a run is resumed
+
+class TrainingInterrupted(KeyboardInterrupt): "Ctrl-C during training: the message says where the run can go on from"
+
+def _start(preset:str, cfg:TrainConfig, out:Path, resume:bool):
+    "Data, network, loss, callbacks and Learner of a job (resumed from out when asked), checked before anything is written"
+    ckpts = [f for f in (out/'latest.pt', out/'previous.pt') if f.is_file()]
+    if ckpts and not resume:
+        raise FileExistsError(f'{out} already holds a run ({ckpts[0].name}): pass resume=True (--resume) to continue '
+                              'it, or choose another out_dir')
+    if resume and not ckpts:
+        raise FileNotFoundError(f'nothing to resume in {out}: it has no latest.pt or previous.pt (train without resume)')
+    tr = get_data(cfg.data, 'train', cfg.data_root, cfg.data_seed)
+    te = get_data(cfg.data, 'test', cfg.data_root, cfg.data_seed)
+    torch.manual_seed(cfg.seed)                                         # the initialisation, the same in every process
+    net, schedule = make_model(cfg, tr.x.shape[1]), get_schedule(cfg.schedule, cfg.logsnr_min, cfg.logsnr_max)
+    loss = VDMLoss(schedule, pred=cfg.pred, vocab_size=tr.vocab_size, variance_min=cfg.variance_min)
+    cbs = [CheckpointCB(cfg.ckpt_every), LogCB()] + ([TimeBudgetCB(cfg.minutes)] if cfg.minutes is not None else [])
+    learn = Learner(net, loss, tr.x, cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                    warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
+                    mixed_precision=cfg.mixed_precision, compile=cfg.compile, seed=cfg.seed, out_dir=out, cbs=cbs,
+                    log_every=cfg.log_every, cpu=cfg.device == 'cpu',
+                    config={'preset': preset, **{k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}})
+    if resume:
+        learn.resume(out)
+        if learn.step > cfg.n_steps:
+            raise ValueError(f'the checkpoint in {out} is at step {learn.step}, past n_steps={cfg.n_steps}: pass '
+                             f'n_steps >= {learn.step}')
+    return learn, tr, te
+
+# %% ../nbs/11_train.ipynb #b21dda1b
+def _fit(learn:Learner, cfg:TrainConfig, out:Path)->float:
+    "Train to cfg.n_steps and save; a Ctrl-C becomes TrainingInterrupted, naming the last checkpoint. Seconds taken"
+    t0 = time.perf_counter()
+    try: learn.fit(cfg.n_steps)
+    except KeyboardInterrupt:
+        where = f'{learn.saved_path} (step {learn.saved_step})' if learn.saved_path else 'not written yet'
+        raise TrainingInterrupted(f'interrupted at step {learn.step}; the last checkpoint is {where}: continue with '
+                                  '--resume and the same settings') from None
+    if learn.saved_step != learn.step: learn.save_checkpoint()     # a stop by the time budget skips after_fit
+    return time.perf_counter() - t0
+
+def _evaluate(learn:Learner, cfg:TrainConfig, tr, te, out:Path)->dict:
+    "Test bits/dim of the EMA weights, the per-pixel baseline and the sample grid (main process)"
+    t1, V = time.perf_counter(), tr.vocab_size
+    test_x = te.x if cfg.n_test is None else te.x[:cfg.n_test]
+    ev = test_bpd(learn.ema_model, learn.loss_func, test_x, n_times=cfg.eval_times, batch_size=cfg.eval_batch_size,
+                  seed=cfg.seed)
+    res = {'eval': ev, 'eval_seconds': time.perf_counter() - t1, 'per_pixel_bpd': per_pixel_bpd(tr.x, test_x, V),
+           'n_test': len(test_x)}
+    if cfg.n_samples:
+        g = torch.Generator(device=learn.accelerator.device).manual_seed(cfg.seed)
+        x = ancestral_sample(learn.ema_model, (cfg.n_samples, *tr.shape), learn.loss_func.schedule, cfg.sample_steps,
+                             generator=g, vocab_size=V)
+        save_grid(x, out/'samples.png', nrow=math.ceil(math.sqrt(cfg.n_samples)), vocab_size=V, min_width=256)
+    return res
+
+# %% ../nbs/11_train.ipynb #e5a8c504
 def train(preset:str='digits', # a key of PRESETS
           out_dir='runs/digits', # folder for config.json, log.csv, checkpoints, samples.png, loss.png, results.json
           resume:bool=False, # continue the run in out_dir (same configuration; n_steps, minutes, device... may change)
@@ -177,84 +254,48 @@ def train(preset:str='digits', # a key of PRESETS
          )->dict|None: # results (also written to results.json); None on processes other than the main one
     "Train a ScoreUNet VDM on a preset, evaluate its test bits/dim with the EMA weights, sample and plot"
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    cfg = make_config(preset, **overrides)
-    out = Path(out_dir)
+    cfg, out = make_config(preset, **overrides), Path(out_dir)
     refuse_unsupported_launch(); check_batch_split(cfg.batch_size, world_size())
-    ckpts = [f for f in (out/'latest.pt', out/'previous.pt') if f.is_file()]
-    if ckpts and not resume:
-        raise FileExistsError(f'{out} already holds a run ({ckpts[0].name}): pass resume=True (--resume) '
-                              f'to continue it, '
-                              'or choose another out_dir')
-    if resume:
-        if not ckpts: raise FileNotFoundError(f'nothing to resume in {out}: it has no latest.pt or previous.pt (train '
-                                              f'without resume)')
-        if (out/'config.json').is_file():
-            diffs = _config_diffs(json.loads((out/'config.json').read_text())['config'], cfg)
-            if diffs: raise ValueError(f'{out} holds a run of another configuration ({"; ".join(diffs)}): '
-                                       'resume with the same settings, or train into a new out_dir')
-    tr = get_data(cfg.data, 'train', cfg.data_root, cfg.data_seed)
-    te = get_data(cfg.data, 'test', cfg.data_root, cfg.data_seed)
-    V = tr.vocab_size
-    torch.manual_seed(cfg.seed)                                         # the initialisation, the same in every process
-    net, schedule = make_model(cfg, tr.x.shape[1]), get_schedule(cfg.schedule, cfg.logsnr_min, cfg.logsnr_max)
-    loss = VDMLoss(schedule, pred=cfg.pred, vocab_size=V, variance_min=cfg.variance_min)
-    budget = TimeBudgetCB(cfg.minutes) if cfg.minutes is not None else None
-    cbs = [CheckpointCB(cfg.ckpt_every), LogCB()] + ([] if quiet else [PrintCB()]) + ([budget] if budget else [])
-    learn = Learner(net, loss, tr.x, cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                    warmup_steps=cfg.warmup_steps,
-                    grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, mixed_precision=cfg.mixed_precision,
-                    compile=cfg.compile,
-                    seed=cfg.seed, out_dir=out, cbs=cbs, log_every=cfg.log_every, cpu=cfg.device == 'cpu')
-    if resume:
-        learn.resume(out)
-        if learn.step > cfg.n_steps:
-            raise ValueError(f'the checkpoint in {out} is at step {learn.step}, past n_steps={cfg.n_steps}: pass '
-                             f'n_steps >= {learn.step}')
-    acc, start_step = learn.accelerator, learn.step
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out/'config.json').write_text(json.dumps({'preset': preset, 'config': asdict(cfg)}, indent=1))
-    t0 = time.perf_counter()
-    learn.fit(cfg.n_steps)
-    train_s = time.perf_counter() - t0
-    # a stop by the time budget skips CheckpointCB's after_fit
-    if learn.saved_step != learn.step: learn.save_checkpoint()
-    if not acc.is_main_process: return None
-    t1 = time.perf_counter()
-    test_x = te.x if cfg.n_test is None else te.x[:cfg.n_test]
-    ev = test_bpd(learn.ema_model, loss, test_x, n_times=cfg.eval_times, batch_size=cfg.eval_batch_size, seed=cfg.seed)
-    eval_s = time.perf_counter() - t1
-    base = per_pixel_bpd(tr.x, test_x, V)
+    main = int(os.environ.get('RANK', '0')) == 0                      # the Accelerator does not exist yet
+    with contextlib.ExitStack() as held:
+        if main and out.is_dir(): held.enter_context(lock_run(out))    # a second writer is refused before anything
+        learn, tr, te = _start(preset, cfg, out, resume)
+        if main: held.enter_context(lock_run(out))                      # (re-entrant) held to the end of the job
+        acc, start_step = learn.accelerator, learn.step
+        if not quiet: learn.cbs.append(PrintCB())
+        if acc.is_main_process: atomic_write(out/'config.json', json.dumps({'preset': preset, 'config': asdict(cfg)},
+                                                                             indent=1))
+        train_s = _fit(learn, cfg, out)
+        if not acc.is_main_process: return None
+        ev = _evaluate(learn, cfg, tr, te, out)
+        return _report(preset, cfg, learn, ev, out, start_step, train_s, wall0, cpu0, quiet)
+
+# %% ../nbs/11_train.ipynb #da243899
+def _report(preset, cfg, learn, ev, out, start_step, train_s, wall0, cpu0, quiet)->dict:
+    "results.json, the loss curve, and the summary lines"
+    e, steps_run, schedule = ev['eval'], learn.step - start_step, learn.loss_func.schedule
     files = {'config': 'config.json', 'log': 'log.csv', 'checkpoint': 'latest.pt', 'loss_curve': 'loss.png',
-             'results': 'results.json'}
-    if cfg.n_samples:
-        g = torch.Generator(device=acc.device).manual_seed(cfg.seed)
-        x = ancestral_sample(learn.ema_model, (cfg.n_samples, *tr.shape), schedule, cfg.sample_steps, generator=g,
-                             vocab_size=V)
-        save_grid(x, out/'samples.png', nrow=math.ceil(math.sqrt(cfg.n_samples)), vocab_size=V, min_width=256)
-        files['samples'] = 'samples.png'
-    steps_run = learn.step - start_step
-    res = {'preset': preset, 'test_bpd': ev['bpd'], 'test_bpd_se': ev['se'],
-           'test_terms_bpd': {k: ev[k] for k in ('prior', 'recon', 'diffusion')}, 'per_pixel_bpd': base,
-           'n_test': len(test_x), 'eval_times': cfg.eval_times, 'steps': learn.step, 'steps_this_run': steps_run,
-           'stopped_by_budget': budget is not None and budget.stopped_at is not None,
-           'train_seconds': train_s, 'sec_per_step': train_s/max(steps_run, 1), 'eval_seconds': eval_s,
-           'precision': learn.precision,
-           'wall_seconds': None, 'cpu_seconds': None, 'n_params': n_params(net), 'device': str(acc.device),
-           'processes': acc.num_processes,
+             'results': 'results.json', **({'samples': 'samples.png'} if cfg.n_samples else {})}
+    budget = next((cb for cb in learn.cbs if isinstance(cb, TimeBudgetCB)), None)
+    res = {'preset': preset, 'test_bpd': e['bpd'], 'test_bpd_se': e['se'],
+           'test_terms_bpd': {k: e[k] for k in ('prior', 'recon', 'diffusion')}, 'per_pixel_bpd': ev['per_pixel_bpd'],
+           'n_test': ev['n_test'], 'eval_times': cfg.eval_times, 'steps': learn.step, 'steps_this_run': steps_run,
+           'stopped_by_budget': budget is not None and budget.stopped_at is not None, 'train_seconds': train_s,
+           'sec_per_step': train_s/max(steps_run, 1), 'eval_seconds': ev['eval_seconds'], 'precision': learn.precision,
+           'n_params': n_params(learn.model), 'device': str(learn.accelerator.device),
+           'processes': learn.accelerator.num_processes,
            'logsnr_min': float(torch.as_tensor(schedule.logsnr_min).detach()),
            'logsnr_max': float(torch.as_tensor(schedule.logsnr_max).detach()),
            'torch': torch.__version__, 'files': files, 'config': asdict(cfg)}
-    save_loss_curve(out/'log.csv', out/'loss.png', ev['bpd'], base, f'{preset}: {learn.step} steps')
+    save_loss_curve(out/'log.csv', out/'loss.png', e['bpd'], ev['per_pixel_bpd'], f'{preset}: {learn.step} steps')
     res['wall_seconds'], res['cpu_seconds'] = time.perf_counter() - wall0, time.process_time() - cpu0
-    (out/'results.json').write_text(json.dumps(res, indent=1))
+    atomic_write(out/'results.json', json.dumps(res, indent=1))
     if not quiet:
-        print(f"{preset}: {learn.step} steps ({steps_run} in this run, {train_s:.0f} s, "
-              f"{1000*res['sec_per_step']:.0f} ms/step) "
-              f"on {res['device']}; evaluation {eval_s:.0f} s; wall {res['wall_seconds']:.0f} s; files in {out}")
-        print(f"test bits/dim {ev['bpd']:.4f} +- {ev['se']:.4f} (EMA weights, {len(test_x)} images x "
-              f"{cfg.eval_times} times); "
-              f"per-pixel baseline {base:.4f}")
+        print(f"{preset}: {learn.step} steps ({steps_run} in this run, {train_s:.0f} s, {1000*res['sec_per_step']:.0f} "
+              f"ms/step) on {res['device']}; evaluation {ev['eval_seconds']:.0f} s; wall {res['wall_seconds']:.0f} s; "
+              f"files in {out}")
+        print(f"test bits/dim {e['bpd']:.4f} +- {e['se']:.4f} (EMA weights, {ev['n_test']} images x {cfg.eval_times} "
+              f"times); per-pixel baseline {ev['per_pixel_bpd']:.4f}")
     return res
 
 # %% ../nbs/11_train.ipynb #043c31f5
@@ -293,20 +334,35 @@ def _parser()->argparse.ArgumentParser:
     p.add_argument('--quiet', action='store_true', help='print errors only')
     return p
 
+def _os_error(err:OSError)->str:
+    "One line for an error of the file system: what, which file, and what to do"
+    fix = {errno.EACCES: 'choose a folder you can write (--out)', errno.EPERM: 'choose a folder you can write (--out)',
+           errno.EROFS: 'the file system is read-only: choose another --out', errno.ENOSPC: 'free some disk space, or '
+           'choose another --out', errno.ENOTDIR: 'a part of the path is a file, not a folder: choose another --out'}
+    where = f': {err.filename}' if err.filename else ''
+    return f'{err.strerror or err}{where}' + (f' ({fix[err.errno]})' if err.errno in fix else '')
+
 def main(argv:list|None=None, # command-line arguments without the program name; None: sys.argv[1:]
-        )->int: # exit status: 0 done, 2 bad input (the message goes to stderr)
-    "The `vdm_nb_train` command: parse the arguments, call `train`, turn bad input into a message and exit status 2"
+        )->int: # exit status: 0 done, 2 bad input or a refusal, 130 interrupted (one line on stderr)
+    "The `vdm_nb_train` command: parse the arguments, call `train`, turn every refusal into one line and exit status 2"
+    argv = sys.argv[1:] if argv is None else list(argv)
     try: args = _parser().parse_args(argv)
     except SystemExit as e: return e.code if isinstance(e.code, int) else 2
-    named = {k: getattr(args, k) for k in ('n_steps', 'minutes', 'batch_size', 'lr', 'seed', 'device',
-                                           'mixed_precision',
+    named = {k: getattr(args, k) for k in ('n_steps', 'minutes', 'batch_size', 'lr', 'seed', 'device', 'mixed_precision',
                                            'compile', 'data_root')}
+    out = args.out or f'runs/{args.preset}'
+    again = 'vdm_nb_train ' + ' '.join(argv + ([] if args.resume else ['--resume']))
     try:
         overrides = _parse_set(args.set) | {k: v for k, v in named.items() if v is not None}
-        train(args.preset, args.out or f'runs/{args.preset}', resume=args.resume, quiet=args.quiet, **overrides)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError) as err:
-        print(f'vdm_nb_train: error: {err}', file=sys.stderr)
-        return 2
+        train(args.preset, out, resume=args.resume, quiet=args.quiet, **overrides)
+    except TrainingInterrupted as err: print(f'vdm_nb_train: {err}: {again}', file=sys.stderr); return 130
+    except KeyboardInterrupt:
+        print(f'vdm_nb_train: interrupted; {out} keeps its last checkpoint: continue with {again}', file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError,
+            RunFolderLocked) as err:
+        print(f'vdm_nb_train: error: {err}', file=sys.stderr); return 2
+    except OSError as err: print(f'vdm_nb_train: error: {_os_error(err)}', file=sys.stderr); return 2
     return 0
 
 # python -m vdm_nb.train (not when run in a notebook)
