@@ -85,7 +85,7 @@ PRESETS = {
                            sample_steps=256, log_every=1000, ckpt_every=10_000),
 }
 
-# %% ../nbs/11_train.ipynb #c2eb96c9
+# %% ../nbs/11_train.ipynb #56bb92a9
 _TRUE, _FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
 
 def _typed(name:str, value, annotation:str):
@@ -109,7 +109,7 @@ def _typed(name:str, value, annotation:str):
     if not isinstance(value, (tuple, list)): raise ValueError(f'{name}={value!r} must be a tuple, e.g. (3, 4)')
     return tuple(value)
 
-# %% ../nbs/11_train.ipynb #a0aa1508
+# %% ../nbs/11_train.ipynb #5ab7c137
 _COUNTS = dict(channels=4, n_blocks=0, norm_groups=1, batch_size=1, warmup_steps=0, n_steps=1, eval_times=1,
                eval_batch_size=1, n_samples=0, sample_steps=1, log_every=1, ckpt_every=1)
 
@@ -218,7 +218,7 @@ def _start(preset:str, cfg:TrainConfig, out:Path, resume:bool):
                              f'n_steps >= {learn.step}')
     return learn, tr, te
 
-# %% ../nbs/11_train.ipynb #b21dda1b
+# %% ../nbs/11_train.ipynb #8e8fed86
 def _fit(learn:Learner, cfg:TrainConfig, out:Path)->float:
     "Train to cfg.n_steps and save; a Ctrl-C becomes TrainingInterrupted, naming the last checkpoint. Seconds taken"
     t0 = time.perf_counter()
@@ -245,7 +245,7 @@ def _evaluate(learn:Learner, cfg:TrainConfig, tr, te, out:Path)->dict:
         save_grid(x, out/'samples.png', nrow=math.ceil(math.sqrt(cfg.n_samples)), vocab_size=V, min_width=256)
     return res
 
-# %% ../nbs/11_train.ipynb #e5a8c504
+# %% ../nbs/11_train.ipynb #18d62aa0
 def train(preset:str='digits', # a key of PRESETS
           out_dir='runs/digits', # folder for config.json, log.csv, checkpoints, samples.png, loss.png, results.json
           resume:bool=False, # continue the run in out_dir (same configuration; n_steps, minutes, device... may change)
@@ -270,7 +270,7 @@ def train(preset:str='digits', # a key of PRESETS
         ev = _evaluate(learn, cfg, tr, te, out)
         return _report(preset, cfg, learn, ev, out, start_step, train_s, wall0, cpu0, quiet)
 
-# %% ../nbs/11_train.ipynb #da243899
+# %% ../nbs/11_train.ipynb #0c8b3e2a
 def _report(preset, cfg, learn, ev, out, start_step, train_s, wall0, cpu0, quiet)->dict:
     "results.json, the loss curve, and the summary lines"
     e, steps_run, schedule = ev['eval'], learn.step - start_step, learn.loss_func.schedule
