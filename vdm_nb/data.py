@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from .core import check_choice, check_int
 from .oracle import GaussianOracle, MixtureOracle
+from .evaluate import image_grid
 
 # %% auto #0
 __all__ = ['DIGITS_CLASSES', 'FMNIST_CLASSES', 'FMNIST_DEFAULT_ROOT', 'TOY_2D', 'DATASETS', 'DataSplit', 'split_indices',
@@ -135,23 +136,18 @@ def show_images(x:Tensor|DataSplit, # images (N, C, H, W) or (N, H, W), C in {1,
         labels = list(labels.tolist() if isinstance(labels, Tensor) else labels)[:len(x)]
         if len(labels) != len(x): raise ValueError(f"labels has {len(labels)} entries for {len(x)} images")
         if classes: labels = [classes[l] if isinstance(l, int) else l for l in labels]
-    if x.is_floating_point() and vocab_size is None: img = (x.float() + 1)/2
-    else:
-        v = vocab_size or (256 if x.dtype == torch.uint8 else int(x.max()) + 1)
-        img = x.float()/max(v - 1, 1)
-    img = img.clamp(0, 1)
-    (N, C, H, W), ncol = img.shape, min(nrow, len(img))
-    nr, gap, top = math.ceil(N/ncol), max(1, W//8), (max(3, H//3) if labels else max(1, H//8))
-    grid = torch.ones(nr*(top + H), ncol*(W + gap) - gap, C)                   # one mosaic, white between tiles
-    for i in range(N):
-        r, c = divmod(i, ncol)
-        grid[r*(top + H) + top:(r + 1)*(top + H), c*(W + gap):c*(W + gap) + W] = img[i].permute(1, 2, 0)
-    fig, ax = plt.subplots(figsize=(size*ncol, size*nr*(top + H)/H))
-    ax.imshow((grid[..., 0] if C == 1 else grid).numpy(), cmap=cmap, vmin=0, vmax=1, interpolation='nearest')
+    if x.is_floating_point(): x = x.float().clamp(-1, 1)                     # out-of-range values: display only
+    elif vocab_size is None: vocab_size = 256 if x.dtype == torch.uint8 else int(x.max()) + 1
+    N, C, H, W = x.shape
+    ncol, gap, top = min(nrow, N), max(1, W//8), (max(3, H//3) if labels else 0)
+    grid = image_grid(x, ncol, vocab_size, padding=gap, pad_value=255, label_rows=top)   # the one grid writer
+    fig, ax = plt.subplots(figsize=(size*ncol, size*grid.shape[0]/H))
+    ax.imshow(grid.numpy(), cmap=cmap, vmin=0, vmax=255, interpolation='nearest')
     if labels:
         for i, l in enumerate(labels):
             r, c = divmod(i, ncol)
-            ax.text(c*(W + gap) + W/2, r*(top + H) + top - 0.5, str(l), ha='center', va='bottom', fontsize=fontsize)
+            ax.text(gap + c*(W + gap) + W/2, gap + r*(top + H + gap) + top - 0.5, str(l), ha='center', va='bottom',
+                    fontsize=fontsize)
     ax.axis('off')
     fig.subplots_adjust(0, 0, 1, 1)
     plt.close(fig)

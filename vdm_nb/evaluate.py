@@ -418,18 +418,18 @@ def image_grid(images:Tensor, # (N, C, H, W) or (N, H, W): ints in {0..V-1} with
                vocab_size:int|None=None, # V for integer images
                padding:int=1, # pixels between images
                pad_value:int=128, # grey level of the padding
+               label_rows:int=0, # blank rows above each image, room for a caption
               )->Tensor: # uint8 grid, (H', W') for one channel or (H', W', 3)
     "Tile a batch of images into one uint8 image"
     x = _to_uint8(images, vocab_size)
-    check_int(nrow, 'nrow', 1); check_int(padding, 'padding', 0)
-    if not (isinstance(pad_value, int) and 0 <= pad_value <= 255): raise ValueError(f'pad_value={pad_value!r} must be '
-            f'an int in 0..255')
+    check_int(nrow, 'nrow', 1); check_int(padding, 'padding', 0); check_int(label_rows, 'label_rows', 0)
+    check_int(pad_value, 'pad_value', 0, 255)
     N, C, H, W = x.shape
-    ncol, nrows = min(nrow, N), math.ceil(N/nrow)
-    grid = torch.full((C, nrows*(H + padding) + padding, ncol*(W + padding) + padding), pad_value, dtype=torch.uint8)
+    ncol, nrows, h = min(nrow, N), math.ceil(N/nrow), label_rows + H
+    grid = torch.full((C, nrows*(h + padding) + padding, ncol*(W + padding) + padding), pad_value, dtype=torch.uint8)
     for i in range(N):
         r, c = divmod(i, nrow)
-        top, left = padding + r*(H + padding), padding + c*(W + padding)
+        top, left = padding + r*(h + padding) + label_rows, padding + c*(W + padding)
         grid[:, top:top + H, left:left + W] = x[i].cpu()
     return grid[0] if C == 1 else grid.permute(1, 2, 0)
 

@@ -126,95 +126,95 @@ def posterior(z_t:Tensor, # latent at the noisier time t, shape (B, ...)
 PARAMETERISATIONS = ('eps', 'x', 'v', 'score', 'F')    # everything the conversions below translate between
 PREDS = ('eps', 'x', 'v', 'F')                          # what a network may predict (the score is derived, not trained)
 
-def _check_kind(kind, name='kind'): check_choice(kind, name, PARAMETERISATIONS)
+def _check_pred(pred, name='pred'): check_choice(pred, name, PARAMETERISATIONS)
 
-def _prep(pred:Tensor, z:Tensor, logsnr, process, sigma_data, names=('pred', 'z'))->Tensor:
+def _prep(out:Tensor, z:Tensor, logsnr, process, sigma_data, names=('out', 'z'))->Tensor:
     "Validate the common arguments of the conversions; return logsnr as a tensor"
     _check_process(process)
     check_float(sigma_data, 'sigma_data', 0, low_open=True, fix='EDM uses 0.5')
-    if pred.shape != z.shape: raise ValueError(f"{names[0]} has shape {tuple(pred.shape)} but {names[1]} has "
+    if out.shape != z.shape: raise ValueError(f"{names[0]} has shape {tuple(out.shape)} but {names[1]} has "
                                                f"{tuple(z.shape)}: they must match")
     logsnr = _as_logsnr(logsnr, z)
     _check_batch(logsnr, z)
     return logsnr
 
-def _inverse_coefs(logsnr:Tensor, kind:str, process:str, sigma_data:float)->tuple[Tensor,Tensor,Tensor,Tensor]:
-    "(xz, xp, ez, ep) with x = xz z + xp pred and eps = ez z + ep pred, for `pred` of `kind`"
+def _inverse_coefs(logsnr:Tensor, pred:str, process:str, sigma_data:float)->tuple[Tensor,Tensor,Tensor,Tensor]:
+    "(xz, xp, ez, ep) with x = xz z + xp out and eps = ez z + ep out, for `out` of kind `pred`"
     la, ls = log_alpha_sigma(logsnr, process)                                # log alpha, log sigma of the process
     e, zero, one = torch.exp, torch.zeros_like(logsnr), torch.ones_like(logsnr)
-    if kind == 'eps':   return e(-la), -e(ls - la), zero, one                   # eq. 15
-    if kind == 'x':     return zero, one, e(-ls), -e(la - ls)                   # eq. 16
-    if kind == 'score': return e(-la), e(2*ls - la), zero, -e(ls)               # eq. 18, 19
+    if pred == 'eps':   return e(-la), -e(ls - la), zero, one                   # eq. 15
+    if pred == 'x':     return zero, one, e(-ls), -e(la - ls)                   # eq. 16
+    if pred == 'score': return e(-la), e(2*ls - la), zero, -e(ls)               # eq. 18, 19
     lah, lsh = 0.5*logsigmoid(logsnr), 0.5*logsigmoid(-logsnr)              # VP scales used by v
-    if kind == 'v':     return e(2*lah - la), -e(lsh), e(lah + lsh - la), e(lah)
+    if pred == 'v':     return e(2*lah - la), -e(lsh), e(lah + lsh - la), e(lah)
     lsd = math.log(sigma_data)
     lD = torch.logaddexp(-logsnr, torch.full_like(logsnr, 2*lsd))            # log(e^-lambda + sigma_data^2)
     return e(2*lsd - lD - la), e(lsd - logsnr/2 - lD/2), e(-logsnr/2 - lD - la), -e(lsd - lD/2)   # eq. 20
 
-def to_x(pred:Tensor, # network output of kind `kind`, shape (B, ...)
-         z:Tensor, # the latent it was computed from, shape of `pred`
+def to_x(out:Tensor, # network output of kind `pred`, shape (B, ...)
+         z:Tensor, # the latent it was computed from, shape of `out`
          logsnr:Tensor|float, # lambda per example, shape (B,), or a scalar
-         kind:str, # one of PARAMETERISATIONS: 'eps', 'x', 'v', 'score', 'F'
+         pred:str, # one of PARAMETERISATIONS: 'eps', 'x', 'v', 'score', 'F'
          process:str='vp', # process of `z`: 'vp' or 've'
-         sigma_data:float=0.5, # EDM's data scale, used by kind 'F'
+         sigma_data:float=0.5, # EDM's data scale, used by pred 'F'
          check:bool=True, # refuse a non-finite result (one host sync); samplers pass False and check their end result
         )->Tensor: # the implied data prediction x_hat
     "Data prediction implied by a network output of any kind, given z and lambda"
-    _check_kind(kind); logsnr = _prep(pred, z, logsnr, process, sigma_data)
-    if kind == 'x': return pred
-    xz, xp, _, _ = _inverse_coefs(logsnr, kind, process, sigma_data)
-    x = append_dims(xz, z.ndim)*z + append_dims(xp, z.ndim)*pred
-    if check and not bool(torch.isfinite(x).all()) and bool(torch.isfinite(pred).all() & torch.isfinite(z).all()):
-        raise ValueError(f"to_x from kind={kind!r} overflows {x.dtype} at logsnr down to {float(logsnr.min()):g}: "
+    _check_pred(pred); logsnr = _prep(out, z, logsnr, process, sigma_data)
+    if pred == 'x': return out
+    xz, xp, _, _ = _inverse_coefs(logsnr, pred, process, sigma_data)
+    x = append_dims(xz, z.ndim)*z + append_dims(xp, z.ndim)*out
+    if check and not bool(torch.isfinite(x).all()) and bool(torch.isfinite(out).all() & torch.isfinite(z).all()):
+        raise ValueError(f"to_x from pred={pred!r} overflows {x.dtype} at logsnr down to {float(logsnr.min()):g}: "
                          "there alpha is too small to divide by; use float64, or a network that predicts 'x' or 'v'")
     return x
 
-def to_eps(pred:Tensor, # network output of kind `kind`, shape (B, ...)
-           z:Tensor, # the latent it was computed from, shape of `pred`
+def to_eps(out:Tensor, # network output of kind `pred`, shape (B, ...)
+           z:Tensor, # the latent it was computed from, shape of `out`
            logsnr:Tensor|float, # lambda per example, shape (B,), or a scalar
-           kind:str, # one of PARAMETERISATIONS: 'eps', 'x', 'v', 'score', 'F'
+           pred:str, # one of PARAMETERISATIONS: 'eps', 'x', 'v', 'score', 'F'
            process:str='vp', # process of `z`: 'vp' or 've'
-           sigma_data:float=0.5, # EDM's data scale, used by kind 'F'
+           sigma_data:float=0.5, # EDM's data scale, used by pred 'F'
           )->Tensor: # the implied noise prediction eps_hat
     "Noise prediction implied by a network output of any kind, given z and lambda"
-    _check_kind(kind); logsnr = _prep(pred, z, logsnr, process, sigma_data)
-    if kind == 'eps': return pred
-    _, _, ez, ep = _inverse_coefs(logsnr, kind, process, sigma_data)
-    return append_dims(ez, z.ndim)*z + append_dims(ep, z.ndim)*pred
+    _check_pred(pred); logsnr = _prep(out, z, logsnr, process, sigma_data)
+    if pred == 'eps': return out
+    _, _, ez, ep = _inverse_coefs(logsnr, pred, process, sigma_data)
+    return append_dims(ez, z.ndim)*z + append_dims(ep, z.ndim)*out
 
 # %% ../nbs/01_forward.ipynb #48e85363
 def target(x:Tensor, # data, shape (B, ...)
            eps:Tensor, # noise, shape of `x`
            logsnr:Tensor|float, # lambda per example, shape (B,), or a scalar
-           kind:str, # one of PARAMETERISATIONS: 'eps', 'x', 'v', 'score', 'F'
+           pred:str, # one of PARAMETERISATIONS: 'eps', 'x', 'v', 'score', 'F'
            process:str='vp', # process of the latent; only 'score' depends on it
-           sigma_data:float=0.5, # EDM's data scale, used by kind 'F'
-          )->Tensor: # what a network of kind `kind` should output for z = alpha x + sigma eps
+           sigma_data:float=0.5, # EDM's data scale, used by pred 'F'
+          )->Tensor: # what a network of kind `pred` should output for z = alpha x + sigma eps
     "Regression target of each parameterisation for given x, eps and lambda"
-    _check_kind(kind); logsnr = _prep(x, eps, logsnr, process, sigma_data, ('x', 'eps'))
-    if kind == 'eps': return eps
-    if kind == 'x': return x
+    _check_pred(pred); logsnr = _prep(x, eps, logsnr, process, sigma_data, ('x', 'eps'))
+    if pred == 'eps': return eps
+    if pred == 'x': return x
     n = x.ndim
-    if kind == 'score': return -append_dims(torch.exp(-log_alpha_sigma(logsnr, process)[1]), n)*eps   # eq. 18
-    if kind == 'v':
+    if pred == 'score': return -append_dims(torch.exp(-log_alpha_sigma(logsnr, process)[1]), n)*eps   # eq. 18
+    if pred == 'v':
         lah, lsh = 0.5*logsigmoid(logsnr), 0.5*logsigmoid(-logsnr)
         return append_dims(lah.exp(), n)*eps - append_dims(lsh.exp(), n)*x
     lsd = math.log(sigma_data)
     lD = torch.logaddexp(-logsnr, torch.full_like(logsnr, 2*lsd))
     return append_dims(torch.exp(-logsnr/2 - lsd - lD/2), n)*x - append_dims(torch.exp(lsd - lD/2), n)*eps
 
-def convert(pred:Tensor, # network output of kind `src`, shape (B, ...)
-            z:Tensor, # the latent it was computed from, shape of `pred`
+def convert(out:Tensor, # network output of kind `src`, shape (B, ...)
+            z:Tensor, # the latent it was computed from, shape of `out`
             logsnr:Tensor|float, # lambda per example, shape (B,), or a scalar
-            src:str, # kind of `pred`, one of PARAMETERISATIONS
+            src:str, # kind of `out`, one of PARAMETERISATIONS
             dst:str, # kind wanted, one of PARAMETERISATIONS
             process:str='vp', # process of `z`: 'vp' or 've'
-            sigma_data:float=0.5, # EDM's data scale, used by kind 'F'
+            sigma_data:float=0.5, # EDM's data scale, used by pred 'F'
            )->Tensor: # the same prediction expressed as kind `dst`
     "Convert a network output of kind `src` into kind `dst`, given z and lambda"
-    _check_kind(src, 'src'); _check_kind(dst, 'dst')
-    if src == dst: _prep(pred, z, logsnr, process, sigma_data); return pred
-    if dst == 'x': return to_x(pred, z, logsnr, src, process, sigma_data)
-    if dst == 'eps': return to_eps(pred, z, logsnr, src, process, sigma_data)
-    x_hat, eps_hat = to_x(pred, z, logsnr, src, process, sigma_data), to_eps(pred, z, logsnr, src, process, sigma_data)
+    _check_pred(src, 'src'); _check_pred(dst, 'dst')
+    if src == dst: _prep(out, z, logsnr, process, sigma_data); return out
+    if dst == 'x': return to_x(out, z, logsnr, src, process, sigma_data)
+    if dst == 'eps': return to_eps(out, z, logsnr, src, process, sigma_data)
+    x_hat, eps_hat = to_x(out, z, logsnr, src, process, sigma_data), to_eps(out, z, logsnr, src, process, sigma_data)
     return target(x_hat, eps_hat, logsnr, dst, process, sigma_data)
