@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         if not a.fmnist_minutes > 0: p.error('--fmnist-minutes must be > 0')
         extra = dict(channels=16, n_blocks=1, norm_groups=8, n_test=200, eval_times=1, n_samples=4, sample_steps=5) if a.tiny else {}
         try:
-            res = train('fmnist', a.out, quiet=True, minutes=a.fmnist_minutes, n_steps=10**8, device=a.device,
+            res = train('fmnist', a.out, quiet=True, minutes=a.fmnist_minutes, steps=10**8, device=a.device,
                         data_root=a.data_root, **extra)
         except (ValueError, FileNotFoundError, FileExistsError) as err:
             print(f'fmnist run not started: {err}', file=sys.stderr)

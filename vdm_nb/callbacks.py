@@ -75,7 +75,7 @@ class ProgressCB(Callback):
         if self.notebook is None: from tqdm.auto import tqdm
         elif self.notebook: from tqdm.notebook import tqdm
         else: from tqdm import tqdm
-        self.bar = tqdm(total=learn.n_steps, initial=learn.step, disable=not learn.accelerator.is_main_process,
+        self.bar = tqdm(total=learn.until, initial=learn.step, disable=not learn.accelerator.is_main_process,
                         dynamic_ncols=True, leave=True)
     def after_step(self, learn): self.bar.update(1)
     def after_log(self, learn): self.bar.set_postfix(loss=f"{learn.record['loss']:.4g}",
@@ -95,7 +95,7 @@ class PrintCB(Callback):
         if not learn.accelerator.is_main_process: return
         r = learn.record
         skipped = f"  {r['skipped']:.0f} skipped" if r['skipped'] else ''
-        print(f"step {r['step']:>7}/{learn.n_steps}  train {r['bpd']:.4f} bits/dim  "
+        print(f"step {r['step']:>7}/{learn.until}  train {r['bpd']:.4f} bits/dim  "
               f"{1000*r['sec_per_step']:.0f} ms/step  "
               f"{time.perf_counter() - self.start:.0f} s{skipped}", file=self.file or sys.stdout, flush=True)
 

@@ -216,7 +216,7 @@ class Learner:
         self.out_dir, self.config = None if out_dir is None else Path(out_dir), config
         self._prepare(model, loss, mixed_precision, compile, channels_last, deterministic, cpu, accelerator)
         self.cbs = list(cbs) + [LogCB()]*(self.out_dir is not None and not any(isinstance(cb, LogCB) for cb in cbs))
-        self.step, self.n_steps, self.saved_step, self.saved_path = 0, 0, None, None
+        self.step, self.until, self.saved_step, self.saved_path = 0, 0, None, None
         self.history = {k: [] for k in _INTERVAL}                    # every step this object ran
         self._pending, self._interval, self._log_time = [], _new_interval(), time.perf_counter()
         self.record, self.records, self.last_eval, self.evals = None, [], None, []
@@ -426,15 +426,15 @@ def _with_cbs(self:Learner, name:str, fn)->None:
 
 @patch
 def fit(self:Learner,
-        n_steps:int, # train until self.step == n_steps (a later fit(m) continues to m)
+        until:int, # train until self.step == until (a later fit(m) continues to m)
         cbs:tuple=(), # extra callbacks for this call only
        )->None:
-    "Train to step `n_steps`"
-    check_int(n_steps, 'n_steps', 0)
-    if n_steps < self.step:
-        raise ValueError(f'n_steps={n_steps} is before the current step {self.step}: fit trains *to* a step, so pass '
-                         f'n_steps >= {self.step}')
-    extra = list(cbs); self.cbs += extra; self.n_steps = n_steps
+    "Train until step `until`"
+    check_int(until, 'until', 0)
+    if until < self.step:
+        raise ValueError(f'until={until} is before the current step {self.step}: fit trains *until* a step, so pass '
+                         f'until >= {self.step}')
+    extra = list(cbs); self.cbs += extra; self.until = until
     self._log_time = time.perf_counter()
     try:
         with self._folder_lock(): self._with_cbs('fit', self._steps); self._pull()   # history holds every step
@@ -444,7 +444,7 @@ def fit(self:Learner,
 @patch
 def _steps(self:Learner)->None:
     "fit's loop over steps"
-    while self.step < self.n_steps:
+    while self.step < self.until:
         k = self.step
         self._with_cbs('step', self._one_step)
         if self.step == k:                                       # cancelled: drop its gradients, keep the numbering
@@ -453,7 +453,7 @@ def _steps(self:Learner)->None:
     self.sync_ema()                                              # ema_model is current when fit returns
 
 @patch
-def _log_due(self:Learner)->bool: return self.step % self.log_every == 0 or self.step == self.n_steps
+def _log_due(self:Learner)->bool: return self.step % self.log_every == 0 or self.step == self.until
 
 @patch
 def sync_ema(self:Learner)->nn.Module: # the EMA model, with the current EMA weights

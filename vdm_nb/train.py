@@ -56,7 +56,7 @@ class TrainConfig:
     warmup_steps:int=100 # linear learning-rate warm-up
     grad_clip:float|None=1.0 # maximum gradient norm; None: no clipping
     ema_decay:float=0.999 # decay of the EMA weights that are evaluated and sampled
-    n_steps:int=3000 # optimiser steps (the total, also when resuming)
+    steps:int=3000 # optimiser steps (the total, also when resuming)
     minutes:float|None=None # wall-clock budget of the training loop; None: no budget
     mixed_precision:str='no' # 'no', 'bf16', 'fp16' (with loss scaling) or 'auto' (bf16 or fp16 on a GPU, none on a CPU)
     compile:bool=False # torch.compile the whole objective (schedule, diffusion, network, loss) as one graph
@@ -74,14 +74,14 @@ class TrainConfig:
 def _net(name:str)->dict: return {k: v for k, v in UNET_PRESETS[name].items() if k in TrainConfig.__dataclass_fields__}
 
 PRESETS = {
-    'digits': TrainConfig(schedule='adaptive', pred='v', lr=3e-3, n_steps=4500, minutes=4.25, eval_times=32),
+    'digits': TrainConfig(schedule='adaptive', pred='v', lr=3e-3, steps=4500, minutes=4.25, eval_times=32),
     'fmnist': TrainConfig(data='fmnist', **_net('fmnist'), schedule='learned-linear', logsnr_min=-5.0, logsnr_max=13.3,
-                          batch_size=128, lr=5e-4, weight_decay=0.01, warmup_steps=500, ema_decay=0.999, n_steps=50_000,
+                          batch_size=128, lr=5e-4, weight_decay=0.01, warmup_steps=500, ema_decay=0.999, steps=50_000,
                           mixed_precision='auto', eval_times=4, eval_batch_size=250, n_samples=64, sample_steps=256,
                           log_every=200, ckpt_every=2000),
     'cifar10': TrainConfig(data='cifar10', **_net('cifar10'), schedule='learned-linear', logsnr_min=-5.0, logsnr_max=13.3,
                            batch_size=128, lr=2e-4, weight_decay=0.01, warmup_steps=100, ema_decay=0.9999,
-                           n_steps=10_000_000, mixed_precision='auto', eval_times=1, eval_batch_size=250, n_samples=64,
+                           steps=10_000_000, mixed_precision='auto', eval_times=1, eval_batch_size=250, n_samples=64,
                            sample_steps=256, log_every=1000, ckpt_every=10_000),
 }
 
@@ -110,7 +110,7 @@ def _typed(name:str, value, annotation:str):
     return tuple(value)
 
 # %% ../nbs/11_train.ipynb #5ab7c137
-_COUNTS = dict(channels=4, n_blocks=0, norm_groups=1, batch_size=1, warmup_steps=0, n_steps=1, eval_times=1,
+_COUNTS = dict(channels=4, n_blocks=0, norm_groups=1, batch_size=1, warmup_steps=0, steps=1, eval_times=1,
                eval_batch_size=1, n_samples=0, sample_steps=1, log_every=1, ckpt_every=1)
 
 def _check_values(cfg:TrainConfig)->None:
@@ -187,7 +187,7 @@ def save_loss_curve(log_csv, # the Learner's log.csv (columns step, loss, bpd, .
     return atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=100))
 
 # %% ../nbs/11_train.ipynb #54e1494c
-_RESUMABLE = ('n_steps', 'minutes', 'device', 'data_root', 'mixed_precision', 'compile', 'eval_times', 'eval_batch_size',
+_RESUMABLE = ('steps', 'minutes', 'device', 'data_root', 'mixed_precision', 'compile', 'eval_times', 'eval_batch_size',
               'n_test', 'n_samples', 'sample_steps', 'log_every', 'ckpt_every')   # may change when a run is resumed
 
 class TrainingInterrupted(KeyboardInterrupt): "Ctrl-C during training: the message says where the run can go on from"
@@ -213,16 +213,16 @@ def _start(preset:str, cfg:TrainConfig, out:Path, resume:bool):
                     config={'preset': preset, **{k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}})
     if resume:
         learn.resume(out)
-        if learn.step > cfg.n_steps:
-            raise ValueError(f'the checkpoint in {out} is at step {learn.step}, past n_steps={cfg.n_steps}: pass '
-                             f'n_steps >= {learn.step}')
+        if learn.step > cfg.steps:
+            raise ValueError(f'the checkpoint in {out} is at step {learn.step}, past steps={cfg.steps}: pass '
+                             f'steps >= {learn.step}')
     return learn, tr, te
 
 # %% ../nbs/11_train.ipynb #8e8fed86
 def _fit(learn:Learner, cfg:TrainConfig, out:Path)->float:
-    "Train to cfg.n_steps and save; a Ctrl-C becomes TrainingInterrupted, naming the last checkpoint. Seconds taken"
+    "Train to cfg.steps and save; a Ctrl-C becomes TrainingInterrupted, naming the last checkpoint. Seconds taken"
     t0 = time.perf_counter()
-    try: learn.fit(cfg.n_steps)
+    try: learn.fit(cfg.steps)
     except KeyboardInterrupt:
         where = f'{learn.saved_path} (step {learn.saved_step})' if learn.saved_path else 'not written yet'
         raise TrainingInterrupted(f'interrupted at step {learn.step}; the last checkpoint is {where}: continue with '
@@ -248,9 +248,9 @@ def _evaluate(learn:Learner, cfg:TrainConfig, tr, te, out:Path)->dict:
 # %% ../nbs/11_train.ipynb #18d62aa0
 def train(preset:str='digits', # a key of PRESETS
           out_dir='runs/digits', # folder for config.json, log.csv, checkpoints, samples.png, loss.png, results.json
-          resume:bool=False, # continue the run in out_dir (same configuration; n_steps, minutes, device... may change)
+          resume:bool=False, # continue the run in out_dir (same configuration; steps, minutes, device... may change)
           quiet:bool=False, # no progress lines and no summary
-          **overrides, # TrainConfig fields replacing the preset's, e.g. n_steps=500, lr=1e-3
+          **overrides, # TrainConfig fields replacing the preset's, e.g. steps=500, lr=1e-3
          )->dict|None: # results (also written to results.json); None on processes other than the main one
     "Train a ScoreUNet VDM on a preset, evaluate its test bits/dim with the EMA weights, sample and plot"
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -313,11 +313,11 @@ def _parse_set(items:list)->dict:
 def _parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='vdm_nb_train',
                                 description='Train a VDM on a preset, then report its test bits/dim.',
-                                epilog='Presets: ' + '; '.join(f'{k} ({v.data}, {v.n_steps} steps)' for k,
+                                epilog='Presets: ' + '; '.join(f'{k} ({v.data}, {v.steps} steps)' for k,
                                                                v in PRESETS.items()))
     p.add_argument('preset', nargs='?', default='digits', help='training preset (default: digits)')
     p.add_argument('--out', help='output folder (default: runs/PRESET)')
-    p.add_argument('--steps', type=int, dest='n_steps', help='total optimiser steps')
+    p.add_argument('--steps', type=int, help='total optimiser steps')
     p.add_argument('--minutes', type=float, help='wall-clock budget of the training loop')
     p.add_argument('--batch-size', type=int, help='global batch size')
     p.add_argument('--lr', type=float, help='peak learning rate')
@@ -348,7 +348,7 @@ def main(argv:list|None=None, # command-line arguments without the program name;
     argv = sys.argv[1:] if argv is None else list(argv)
     try: args = _parser().parse_args(argv)
     except SystemExit as e: return e.code if isinstance(e.code, int) else 2
-    named = {k: getattr(args, k) for k in ('n_steps', 'minutes', 'batch_size', 'lr', 'seed', 'device', 'mixed_precision',
+    named = {k: getattr(args, k) for k in ('steps', 'minutes', 'batch_size', 'lr', 'seed', 'device', 'mixed_precision',
                                            'compile', 'data_root')}
     out = args.out or f'runs/{args.preset}'
     again = 'vdm_nb_train ' + ' '.join(argv + ([] if args.resume else ['--resume']))
