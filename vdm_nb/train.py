@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_train.ipynb #498856e2
 from __future__ import annotations
-import argparse, ast, contextlib, dataclasses, errno, json, math, os, sys, time
+import argparse, ast, contextlib, dataclasses, errno, json, math, os, re, sys, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import torch
@@ -17,13 +17,13 @@ from .schedules import SCHEDULES, get_schedule
 from .learner import PRECISIONS, Learner
 from .callbacks import CheckpointCB, LogCB, PrintCB, TimeBudgetCB
 from .distributed import refuse_unsupported_launch, world_size
-from .checkpoint import RunFolderLocked, lock_run
+from .checkpoint import FORMAT, RunFolderLocked, lock_run
 from .sampling import ancestral_sample
 from .evaluate import test_bpd, per_pixel_bpd, save_grid
 
 # %% auto #0
 __all__ = ['IMAGE_DATA', 'TRAIN_SCHEDULES', 'PRESETS', 'TrainConfig', 'make_config', 'make_model', 'check_batch_split',
-           'save_loss_curve', 'TrainingInterrupted', 'train', 'main']
+           'save_loss_curve', 'TrainingInterrupted', 'train', 'load_run', 'main']
 
 # %% ../nbs/11_train.ipynb #e76d94fe
 IMAGE_DATA = ('digits', 'fmnist', 'mnist', 'cifar10')
@@ -297,6 +297,45 @@ def _report(preset, cfg, learn, ev, out, start_step, train_s, wall0, cpu0, quiet
         print(f"test bits/dim {e['bpd']:.4f} +- {e['se']:.4f} (EMA weights, {ev['n_test']} images x {cfg.eval_times} "
               f"times); per-pixel baseline {ev['per_pixel_bpd']:.4f}")
     return res
+
+# %% ../nbs/11_train.ipynb #6af62307
+def _run_checkpoint(run:Path)->tuple[Path, dict]:
+    "The newest readable checkpoint of a run folder and its content (read-only: nothing is moved)"
+    if not run.is_dir(): raise FileNotFoundError(f'{run} is not a folder: pass the --out folder of a vdm_nb_train run')
+    found = [f for f in (run/'latest.pt', run/'previous.pt') if f.is_file()]
+    if not found: raise FileNotFoundError(f'no checkpoint in {run}: expected latest.pt or previous.pt, written by '
+                                          'vdm_nb_train (train a run into this folder first)')
+    problems = []
+    for f in found:
+        try: ck = torch.load(f, map_location='cpu', weights_only=True)
+        except Exception as err: problems.append(f'{f.name} ({type(err).__name__})'); continue
+        if isinstance(ck, dict) and ck.get('format') == FORMAT: return f, ck
+        problems.append(f'{f.name} (not a vdm_nb_train checkpoint)')
+    raise ValueError(f'no readable checkpoint in {run}: ' + ', '.join(problems) + '; resume or retrain the run')
+
+def _run_config(run:Path, ck:dict)->dict:
+    "The preset and settings of a run: from the checkpoint's fingerprint, else (older runs) from config.json"
+    if 'config' in ck['fingerprint']: return dict(ck['fingerprint']['config'])
+    try: saved = json.loads((run/'config.json').read_text())
+    except (OSError, ValueError) as err: raise ValueError(f'{run}/config.json cannot be read ({type(err).__name__}) and '
+            'the checkpoint predates configurations in fingerprints: restore config.json') from None
+    return {'preset': saved['preset'], **saved['config']}
+
+def load_run(run_dir, # the folder of a vdm_nb_train run
+             ema:bool=True, # the EMA weights (what the job evaluates and samples) or the trained weights
+            )->dict: # 'net' (eval mode), 'loss' (VDMLoss, trained schedule), 'config', 'preset', 'step', 'path'
+    "The network, loss and configuration of a training run, read from its checkpoint"
+    path, ck = _run_checkpoint(Path(run_dir))
+    saved = _run_config(path.parent, ck); preset = saved.pop('preset')
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = make_config(preset, **{k: v for k, v in saved.items() if k in known})
+    (n, c, *_), _ = ck['fingerprint']['data']
+    vocab = re.search(r'vocab_size=(\d+)', ck['fingerprint']['loss'])
+    net = make_model(cfg, c); net.load_state_dict(ck['ema' if ema else 'model']); net.eval()
+    loss = VDMLoss(get_schedule(cfg.schedule, cfg.logsnr_min, cfg.logsnr_max), pred=cfg.pred,
+                   vocab_size=int(vocab[1]) if vocab else None, variance_min=cfg.variance_min)
+    loss.load_state_dict(ck['loss']); loss.eval()
+    return dict(net=net, loss=loss, config=cfg, preset=preset, step=ck['step'], path=path)
 
 # %% ../nbs/11_train.ipynb #043c31f5
 def _parse_set(items:list)->dict:
