@@ -108,11 +108,11 @@ class SigmoidWeighting(Weighting):
 
 # %% ../nbs/03_weighting.ipynb #1a860fa4
 class EpsMSECosineWeighting(Weighting):
-    "w = sech(lambda/2): eps-MSE under the cosine schedule, 2 pi times its implied weighting p(lambda)"
+    "w = sech(lambda/2)/pi = 2 p(lambda): eps-MSE under the cosine schedule, the exact implied weighting"
     def w(self, logsnr:Tensor, # lambda
-         )->Tensor: # sech(lambda/2)
+         )->Tensor: # sech(lambda/2)/pi
         "The eps-MSE/cosine weighting"
-        return sech(logsnr/2)
+        return sech(logsnr/2)/math.pi
 
     def is_monotonic(self, logsnr_min:float, # lower end of the lambda range
                      logsnr_max:float, # upper end of the lambda range
@@ -121,11 +121,11 @@ class EpsMSECosineWeighting(Weighting):
         lo, hi = _check_range(logsnr_min, logsnr_max); return lo >= 0 or lo == hi
 
 class VMSEWeighting(Weighting):
-    "w = exp(-lambda/2): v-MSE under the cosine schedule, pi times its implied weighting (1 + e^-lambda) p(lambda)"
+    "w = 2 exp(-lambda/2)/pi = 2 (1 + e^-lambda) p(lambda): v-MSE under the cosine schedule, the exact implied weighting"
     def w(self, logsnr:Tensor, # lambda
-         )->Tensor: # exp(-lambda/2)
+         )->Tensor: # 2 exp(-lambda/2)/pi
         "The v-MSE/cosine weighting"
-        return torch.exp(-logsnr/2)
+        return torch.exp(math.log(2/math.pi) - logsnr/2)
 
     def is_monotonic(self, logsnr_min:float, # lower end of the lambda range
                      logsnr_max:float, # upper end of the lambda range
@@ -155,7 +155,7 @@ def edm_peak_logsnr(sigma_data:float=0.5, # EDM's sigma_data
 
 # %% ../nbs/03_weighting.ipynb #5203541d
 class EDMWeighting(Weighting):
-    "EDM's implied w = N(lambda; -2 p_mean, (2 p_std)^2) (e^-lambda + sigma_data^2) / sigma_data^2 (normalised density: w = c p)"
+    "EDM's exact implied w = 2 N(lambda; -2 p_mean, (2 p_std)^2) (e^-lambda + sigma_data^2) / sigma_data^2 (w = 2 c p)"
     _fields = ('sigma_data', 'p_mean', 'p_std')
     def __init__(self, sigma_data:float=0.5, # EDM's sigma_data
                  p_mean:float=-1.2, # mean of ln(sigma) during training
@@ -174,8 +174,8 @@ class EDMWeighting(Weighting):
              )->Tensor: # log w(lambda)
         "log of EDM's implied weighting, computed in log space"
         mu, s, log_sd2 = -2*self.p_mean, 2*self.p_std, 2*math.log(self.sigma_data)
-        log_pdf = -0.5*((logsnr - mu)/s)**2 - math.log(s*math.sqrt(2*math.pi))
-        return log_pdf + torch.logaddexp(-logsnr, torch.full_like(logsnr, log_sd2)) - log_sd2
+        log_2pdf = -0.5*((logsnr - mu)/s)**2 - math.log(s*math.sqrt(math.pi/2))     # log of 2 N(lambda; mu, s^2)
+        return log_2pdf + torch.logaddexp(-logsnr, torch.full_like(logsnr, log_sd2)) - log_sd2
 
     def w(self, logsnr:Tensor, # lambda
          )->Tensor: # w(lambda)
@@ -218,20 +218,20 @@ def _check_schedule(schedule):
     return schedule
 
 class _EpsFactorWeighting(Weighting):
-    "Shared rule: w = eps_factor(lambda) * schedule.pdf(lambda), with pdf = 1 when schedule is None"
+    "Shared rule: w = 2 eps_factor(lambda) schedule.pdf(lambda) (the exact implied weighting), pdf = 1 for schedule None"
     def eps_factor(self, logsnr:Tensor, # lambda
                   )->Tensor: # the loss factor converted to eps-space
         "loss_factor times mse_ratio"
         return self.loss_factor(logsnr)*mse_ratio(logsnr, self.pred)
 
     def w(self, logsnr:Tensor, # lambda
-         )->Tensor: # eps_factor(lambda) p(lambda)
+         )->Tensor: # 2 eps_factor(lambda) p(lambda)
         "The implied weighting"
-        fac = self.eps_factor(logsnr)
+        fac = 2*self.eps_factor(logsnr)
         return fac if self.schedule is None else fac*self.schedule.pdf(logsnr)
 
 class ImpliedWeighting(_EpsFactorWeighting):
-    "The w(lambda) implied by the loss E_t[c(lambda_t) ||y_hat - y||^2] on target `pred` under a schedule with density p(lambda)"
+    "The exact w(lambda) = 2 c r_pred p implied by the loss E_t[c(lambda_t) ||y_hat - y||^2] under a schedule with density p"
     def __init__(self, loss_factor:Callable, # c(lambda): tensor -> tensor, the weight on the pred-space MSE
                  pred:str='eps', # prediction target: 'eps', 'x' or 'v'
                  schedule=None): # object with pdf(logsnr), or None for a flat density
