@@ -121,7 +121,7 @@ class EpsMSECosineWeighting(Weighting):
         lo, hi = _check_range(logsnr_min, logsnr_max); return lo >= 0 or lo == hi
 
 class VMSEWeighting(Weighting):
-    "w = 2 exp(-lambda/2)/pi = 2 (1 + e^-lambda) p(lambda): v-MSE under the cosine schedule, the exact implied weighting"
+    "w = 2 exp(-lambda/2)/pi = 2 (1 + e^-lambda) p(lambda): v-MSE under the cosine schedule, exact implied weighting"
     def w(self, logsnr:Tensor, # lambda
          )->Tensor: # 2 exp(-lambda/2)/pi
         "The v-MSE/cosine weighting"
@@ -218,7 +218,7 @@ def _check_schedule(schedule):
     return schedule
 
 class _EpsFactorWeighting(Weighting):
-    "Shared rule: w = 2 eps_factor(lambda) schedule.pdf(lambda) (the exact implied weighting), pdf = 1 for schedule None"
+    "Shared rule: the exact implied w = 2 eps_factor(lambda) schedule.pdf(lambda), with pdf = 1 for schedule None"
     def eps_factor(self, logsnr:Tensor, # lambda
                   )->Tensor: # the loss factor converted to eps-space
         "loss_factor times mse_ratio"
@@ -231,7 +231,7 @@ class _EpsFactorWeighting(Weighting):
         return fac if self.schedule is None else fac*self.schedule.pdf(logsnr)
 
 class ImpliedWeighting(_EpsFactorWeighting):
-    "The exact w(lambda) = 2 c r_pred p implied by the loss E_t[c(lambda_t) ||y_hat - y||^2] under a schedule with density p"
+    "The exact w = 2 c r_pred p implied by the loss E_t[c(lambda_t) ||y_hat - y||^2] under a schedule with density p"
     def __init__(self, loss_factor:Callable, # c(lambda): tensor -> tensor, the weight on the pred-space MSE
                  pred:str='eps', # prediction target: 'eps', 'x' or 'v'
                  schedule=None): # object with pdf(logsnr), or None for a flat density
