@@ -90,7 +90,10 @@ def fingerprint(learn, # a Learner
             'data': (tuple(learn.data.shape), str(learn.data.dtype)), 'batch_size': learn.batch_size,
             'seed': learn.seed,
             'optimizer': (learn.lr, learn.betas, learn.weight_decay, learn.warmup_steps, learn.grad_clip,
-                          learn.ema_decay), 'config': learn.config}
+                          learn.ema_decay), 'config': learn.config,
+            # a conditional run: its labels and label dropout (absent for unconditional runs, whose checkpoints predate them)
+            **({} if getattr(learn, 'labels', None) is None else
+               {'labels': (tuple(learn.labels.shape), learn.n_classes, learn.p_uncond)})}
 
 # %% ../nbs/14_checkpoint.ipynb #397b1bbc
 def _check_finite_weights(learn)->None:
