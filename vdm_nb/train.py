@@ -200,7 +200,7 @@ class TrainingInterrupted(KeyboardInterrupt): "Ctrl-C during training: the messa
 def _check_classes(cfg:TrainConfig, tr)->None:
     "A conditional job's n_classes against the training data's classes"
     if not cfg.n_classes: return
-    have = 0 if tr.y is None else (len(tr.classes) if tr.classes else int(tr.y.max()) + 1)
+    have = tr.n_classes
     if cfg.n_classes != have: raise ValueError(f'n_classes={cfg.n_classes} but {cfg.data} has {have} classes: use '
                                                f'n_classes={have}, or 0 for an unconditional model')
 
