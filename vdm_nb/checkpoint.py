@@ -28,7 +28,8 @@ def atomic_save(obj, # what to save (torch.save)
 # %% ../nbs/14_checkpoint.ipynb #c53e4a8f
 class RunFolderLocked(RuntimeError): "Another process holds the run folder's lock"
 
-_HELD = {}                                                    # lock file -> [open descriptor, depth], this process's locks
+# lock file -> [open descriptor, depth], this process's locks
+_HELD = {}
 
 @contextlib.contextmanager
 def lock_run(folder, # the run folder (created if missing)
@@ -173,7 +174,8 @@ def _restore(learn, ck:dict, path:Path):
     if ck['num_processes'] == acc.num_processes: set_rng_state(ck['rng'][acc.process_index])
     else:
         warnings.warn(f"{path} was written by {ck['num_processes']} process(es), this run has {acc.num_processes}: "
-                      'batches and noise are unchanged, but the global generators (dropout) restart from (seed, step, rank)')
+                      'batches and noise are unchanged, but the global generators (dropout) restart from '
+                      '(seed, step, rank)')
         set_seed(learn._rank_seed(ck['step']))
     learn.records, learn.evals, learn._interval = list(ck['log']), list(ck['evals']), dict(ck['interval'])
     learn.step = learn.saved_step = learn._ema_at = ck['step']

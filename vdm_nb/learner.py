@@ -197,7 +197,7 @@ def _check_data(data, loss:VDMLoss)->Tensor:
 class Learner:
     "Train a model(z, logsnr) on a VDMLoss: deterministic global batches, AdamW, warm-up, clipping, EMA, checkpoints"
     def __init__(self,
-                 model:nn.Module, # the network, model(z, logsnr) with attribute `pred` (default 'eps')
+                 model:nn.Module, # the network, model(z, logsnr) (or model(z, logsnr, label)) with attribute `pred`
                  loss:VDMLoss, # the loss; its parameters (a learned schedule) are trained too
                  data:Tensor, # training examples (N, ...): integers with loss.vocab_size, floats without
                  batch_size:int, # GLOBAL batch size, summed over processes and accumulation steps
@@ -221,7 +221,8 @@ class Learner:
                  # a ready Accelerator (built with mixed_precision='no'); default: made here
                  accelerator:Accelerator|None=None,
                  config:dict|None=None, # the job's settings, kept in checkpoints: a resume must match them
-                 labels:Tensor|None=None, # class labels (N,) int64 of a conditional model; default: data.y of a DataSplit
+                 # class labels (N,) int64 of a conditional model; default: data.y of a DataSplit
+                 labels:Tensor|None=None,
                  p_uncond:float=0., # label dropout: each label becomes the null class with this probability
                 ):
         self.labels, self.p_uncond = _check_labels(model, data, labels, p_uncond)
@@ -231,7 +232,8 @@ class Learner:
         self.batch_size = check_int(batch_size, 'batch_size', 1, n, fix=f'(at most the {n} training examples)')
         self.grad_accum, self.log_every = check_int(grad_accum, 'grad_accum', 1), check_int(log_every, 'log_every', 1)
         self.warmup_steps = check_int(warmup_steps, 'warmup_steps', 0, fix='(0: no warm-up)')
-        self.seed, self.lr = check_int(seed, 'seed', 0, 2**63 - 1), check_float(lr, 'lr', 0, low_open=True, fix='e.g. 2e-4')
+        self.seed, self.lr = check_int(seed, 'seed', 0, 2**63 - 1), check_float(lr, 'lr', 0, low_open=True,
+                fix='e.g. 2e-4')
         self.weight_decay = check_float(weight_decay, 'weight_decay', 0)
         self.betas = tuple(check_float(b, 'betas[i]', 0, 1, high_open=True, fix='e.g. (0.9, 0.99)') for b in betas)
         if len(self.betas) != 2: raise ValueError(f'betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.99)')
@@ -240,7 +242,8 @@ class Learner:
         for name, v in dict(compile=compile, channels_last=channels_last, deterministic=deterministic, cpu=cpu).items():
             check_bool(v, name)
         if channels_last and self.data.ndim != 4:
-            raise ValueError(f'channels_last=True needs 4-D images (N, C, H, W), got {self.data.ndim}-D data: pass False')
+            raise ValueError(f'channels_last=True needs 4-D images (N, C, H, W), got {self.data.ndim}-D '
+                             f'data: pass False')
         check_choice(mixed_precision, 'mixed_precision', PRECISIONS)
         self.out_dir, self.config = None if out_dir is None else Path(out_dir), config
         self._prepare(model, loss, mixed_precision, compile, channels_last, deterministic, cpu, accelerator)

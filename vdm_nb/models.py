@@ -116,7 +116,7 @@ class AttnBlock(nn.Module):
         h = F.scaled_dot_product_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2])      # (B, heads, HW, C/heads)
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 
-# %% ../nbs/06_models.ipynb #d858f646
+# %% ../nbs/06_models.ipynb #5f2fc8f3
 def _batch_label(label, n_classes:int, B:int, device)->Tensor:
     "label as (B,) int64: None is the null class n_classes; a Python int (checked) or one-element tensor is broadcast"
     if label is None: return torch.full((B,), n_classes, dtype=torch.long, device=device)
@@ -142,7 +142,7 @@ def _class_table(n_classes:int, dim:int)->nn.Embedding|None:
     nn.init.zeros_(table.weight)
     return table
 
-# %% ../nbs/06_models.ipynb #a6403f40
+# %% ../nbs/06_models.ipynb #567e2325
 def check_labels(labels, # class labels, one per example
                  n_classes:int, # K, the network's n_classes (0: unconditional, then labels must be None)
                  n:int|None=None, # the number of examples they label; None: any
@@ -163,7 +163,7 @@ def check_labels(labels, # class labels, one per example
                          f'n_classes={n_classes}' + ('' if null else f' ({n_classes} is the null class, not a label)'))
     return labels
 
-# %% ../nbs/06_models.ipynb #deb78667
+# %% ../nbs/06_models.ipynb #ec5eea4f
 class ScoreUNet(nn.Module):
     "VDM's score network: a U-Net without downsampling, conditioned on log-SNR, with Fourier features of its input"
     def __init__(self,
@@ -208,7 +208,8 @@ class ScoreUNet(nn.Module):
         self.n_classes, self.class_embed = n_classes, _class_table(n_classes, channels)    # last: same init RNG
 
     def extra_repr(self): return (f'pred={self.pred!r}, fourier_range={self.fourier_range}, '
-                                  f'logsnr_range={self.logsnr_range}' + f', n_classes={self.n_classes}'*bool(self.n_classes))
+                                  f'logsnr_range={self.logsnr_range}'
+                                  + f', n_classes={self.n_classes}'*bool(self.n_classes))
 
     def forward(self, z:Tensor, # latent (B, in_channels, H, W), any H and W
                 logsnr:Tensor|float, # lambda, shape (B,), or a scalar for the whole batch
@@ -301,7 +302,8 @@ class MLPDenoiser(nn.Module):
         self.n_classes, self.class_embed = n_classes, _class_table(n_classes, embed_dim)   # last: same init RNG
 
     def extra_repr(self): return (f'pred={self.pred!r}, fourier_range={self.fourier_range}, '
-                                  f'logsnr_range={self.logsnr_range}' + f', n_classes={self.n_classes}'*bool(self.n_classes))
+                                  f'logsnr_range={self.logsnr_range}'
+                                  + f', n_classes={self.n_classes}'*bool(self.n_classes))
 
     def forward(self, z:Tensor, # latent (B, dim)
                 logsnr:Tensor|float, # lambda, shape (B,), or a scalar for the whole batch

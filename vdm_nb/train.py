@@ -81,7 +81,8 @@ PRESETS = {
                           batch_size=128, lr=5e-4, weight_decay=0.01, warmup_steps=500, ema_decay=0.999, steps=50_000,
                           mixed_precision='auto', eval_times=4, eval_batch_size=250, n_samples=64, sample_steps=256,
                           log_every=200, ckpt_every=2000),
-    'cifar10': TrainConfig(data='cifar10', **_net('cifar10'), schedule='learned-linear', logsnr_min=-5.0, logsnr_max=13.3,
+    'cifar10': TrainConfig(data='cifar10', **_net('cifar10'), schedule='learned-linear', logsnr_min=-5.0,
+                           logsnr_max=13.3,
                            batch_size=128, lr=2e-4, weight_decay=0.01, warmup_steps=100, ema_decay=0.9999,
                            steps=10_000_000, mixed_precision='auto', eval_times=1, eval_batch_size=250, n_samples=64,
                            sample_steps=256, log_every=1000, ckpt_every=10_000),
@@ -117,7 +118,8 @@ _COUNTS = dict(channels=4, n_blocks=0, norm_groups=1, batch_size=1, warmup_steps
 
 def _check_values(cfg:TrainConfig)->None:
     "What each setting may mean, beyond its type"
-    if cfg.data not in IMAGE_DATA: raise ValueError(f'data={cfg.data!r} is not an image dataset: use one of {IMAGE_DATA}')
+    if cfg.data not in IMAGE_DATA: raise ValueError(f'data={cfg.data!r} is not an image dataset: use one '
+                                                    f'of {IMAGE_DATA}')
     for name, choices in (('schedule', TRAIN_SCHEDULES), ('mixed_precision', PRECISIONS), ('pred', PREDS),
                           ('device', ('auto', 'cpu', 'cuda'))): check_choice(getattr(cfg, name), name, choices)
     if cfg.device == 'cuda' and not torch.cuda.is_available():
@@ -336,7 +338,8 @@ def _run_config(run:Path, ck:dict)->dict:
     "The preset and settings of a run: from the checkpoint's fingerprint, else (older runs) from config.json"
     if 'config' in ck['fingerprint']: return dict(ck['fingerprint']['config'])
     try: saved = json.loads((run/'config.json').read_text())
-    except (OSError, ValueError) as err: raise ValueError(f'{run}/config.json cannot be read ({type(err).__name__}) and '
+    except (OSError, ValueError) as err: raise ValueError(f'{run}/config.json cannot be read '
+                                                          f'({type(err).__name__}) and '
             'the checkpoint predates configurations in fingerprints: restore config.json') from None
     return {'preset': saved['preset'], **saved['config']}
 
