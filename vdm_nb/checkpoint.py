@@ -28,7 +28,8 @@ def atomic_save(obj, # what to save (torch.save)
 # %% ../nbs/14_checkpoint.ipynb #c53e4a8f
 class RunFolderLocked(RuntimeError): "Another process holds the run folder's lock"
 
-_HELD = {}                                                    # lock file -> [open descriptor, depth], this process's locks
+# lock file -> [open descriptor, depth], this process's locks
+_HELD = {}
 
 @contextlib.contextmanager
 def lock_run(folder, # the run folder (created if missing)
@@ -90,7 +91,10 @@ def fingerprint(learn, # a Learner
             'data': (tuple(learn.data.shape), str(learn.data.dtype)), 'batch_size': learn.batch_size,
             'seed': learn.seed,
             'optimizer': (learn.lr, learn.betas, learn.weight_decay, learn.warmup_steps, learn.grad_clip,
-                          learn.ema_decay), 'config': learn.config}
+                          learn.ema_decay), 'config': learn.config,
+            # a conditional run: its labels and label dropout (absent for unconditional runs, whose checkpoints predate them)
+            **({} if getattr(learn, 'labels', None) is None else
+               {'labels': (tuple(learn.labels.shape), learn.n_classes, learn.p_uncond)})}
 
 # %% ../nbs/14_checkpoint.ipynb #397b1bbc
 def _check_finite_weights(learn)->None:
@@ -170,7 +174,8 @@ def _restore(learn, ck:dict, path:Path):
     if ck['num_processes'] == acc.num_processes: set_rng_state(ck['rng'][acc.process_index])
     else:
         warnings.warn(f"{path} was written by {ck['num_processes']} process(es), this run has {acc.num_processes}: "
-                      'batches and noise are unchanged, but the global generators (dropout) restart from (seed, step, rank)')
+                      'batches and noise are unchanged, but the global generators (dropout) restart from '
+                      '(seed, step, rank)')
         set_seed(learn._rank_seed(ck['step']))
     learn.records, learn.evals, learn._interval = list(ck['log']), list(ck['evals']), dict(ck['interval'])
     learn.step = learn.saved_step = learn._ema_at = ck['step']

@@ -62,6 +62,12 @@ class DataSplit:
         "Shape of one example"
         return tuple(self.x.shape[1:])
 
+    @property
+    def n_classes(self)->int: # K: len(classes) when named, else max(y) + 1; 0 without labels
+        "Number of classes of the labels (what a class-conditional network's n_classes must be)"
+        if self.y is None: return 0
+        return len(self.classes) if self.classes else int(self.y.max()) + 1 if len(self.y) else 0
+
     def subset(self, idx:Tensor|slice, # indices, a boolean mask or a slice of the examples
               )->DataSplit: # the chosen examples, with the same vocabulary, names and classes
         "The examples `idx` as a new DataSplit"
@@ -277,6 +283,9 @@ _GAUSS_MU, _GAUSS_S = (0.5, -0.5), 0.5
 _CORR_L = ((0.5, 0.0), (0.4, 0.3))                  # Cholesky factor of [[0.25, 0.2], [0.2, 0.25]]
 _RING_K, _RING_R, _RING_S = 8, 1.0, 0.1
 
+_TOY_CLASSES = {'mixture': tuple(f'component {k}' for k in range(_RING_K)), 'moons': ('upper moon', 'lower moon'),
+                'checkerboard': tuple(f'square {k}' for k in range(8))}
+
 def _check_toy(name): check_choice(name, 'name', TOY_2D)
 
 def toy_2d(name:str, # one of TOY_2D: 'gaussian', 'correlated', 'mixture', 'moons', 'checkerboard', 'swiss_roll'
@@ -311,7 +320,7 @@ def toy_2d(name:str, # one of TOY_2D: 'gaussian', 'correlated', 'mixture', 'moon
     else:
         t = 1.5*math.pi*(1 + 2*torch.rand(n, **kw))
         x = (torch.stack([t*t.cos(), t*t.sin()], 1) + 0.5*torch.randn(n, 2, **kw))/(4.5*math.pi)
-    return DataSplit(x.to(dtype), y, None, name, split)
+    return DataSplit(x.to(dtype), y, None, name, split, _TOY_CLASSES.get(name))
 
 def toy_oracle(name:str, # 'gaussian' or 'mixture'
                process:str='vp', # process of the latents: 'vp' or 've'

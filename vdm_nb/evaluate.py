@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from .core import atomic_write, check_finite, check_int, check_vocab
 from .losses import VDMLoss, encode, prior_loss
+from .models import check_labels
 
 # %% auto #0
 __all__ = ['test_bpd', 'discrete_vlb_bpd', 'per_pixel_probs', 'per_pixel_bpd', 'per_pixel_sample', 'SmallClassifier',
@@ -59,6 +60,7 @@ def test_bpd(model, # model(z, logsnr) -> prediction of kind loss.pred (the mode
              batch_size:int=128, # examples per model call (the call has batch_size*n_times rows)
              seed:int=0, # seed of the times and the noise
              progress:bool=False, # print a progress line about ten times
+             labels:Tensor|None=None, # class labels (N,) for a conditional model (0..K, K: null); None: unconditional
             )->dict: # bpd, se, prior, recon, diffusion (bits/dim), nats, n, n_times, per_example (N,) bits/dim
     "Monte Carlo test bits/dim of the negative VLB (prior + recon + diffusion), with its standard error over examples"
     if not isinstance(loss, VDMLoss): raise TypeError(f'loss must be a vdm_nb.losses.VDMLoss, got {type(loss).__name__}')
@@ -72,6 +74,7 @@ def test_bpd(model, # model(z, logsnr) -> prediction of kind loss.pred (the mode
     if V is None and not data.is_floating_point():
         raise ValueError('data are integers but loss.vocab_size is None: build the loss with vocab_size=V')
     if V is not None: check_vocab(data, V)
+    labels = check_labels(labels, getattr(model, 'n_classes', 0), len(data), null=True)
     dev = _device(model, data)
     gen = torch.Generator(device=dev).manual_seed(seed)
     dtype = torch.float64 if data.dtype == torch.float64 else torch.float32
@@ -85,7 +88,8 @@ def test_bpd(model, # model(z, logsnr) -> prediction of kind loss.pred (the mode
             B = len(xb)
             u = torch.rand(B, 1, generator=gen, device=dev, dtype=dtype)
             t = torch.remainder(u + j, 1.).reshape(-1).clamp(max=1 - torch.finfo(dtype).eps/2)
-            terms = loss(model, xb.repeat_interleave(n_times, 0), generator=gen, t=t)
+            yb = None if labels is None else labels[i:i + B].to(dev).repeat_interleave(n_times)
+            terms = loss(model, xb.repeat_interleave(n_times, 0), generator=gen, t=t, label=yb)
             per = {k: terms[k].reshape(B, n_times).mean(1) for k in terms if k in sums}
             if V is None:
                 per['prior'] = prior_loss(xb.to(dtype), ends[0], loss.process)
@@ -111,12 +115,13 @@ def discrete_vlb_bpd(model, # model(z, logsnr) -> prediction of kind `pred`
                      batch_size:int=128, # examples per model call
                      seed:int=0, # seed
                      progress:bool=False, # print progress
+                     labels:Tensor|None=None, # class labels (N,) for a conditional model; None: unconditional
                     )->dict: # as test_bpd
     "Test bits/dim of VDM's T-step negative VLB"
     check_int(n_steps, 'n_steps', 1, fix='(for continuous time use test_bpd with VDMLoss(n_steps=0))')
     pred = pred or getattr(model, 'pred', 'eps')
     loss = VDMLoss(schedule, 'elbo', pred, vocab_size, n_steps, 'antithetic', process, sigma_data, adapt=False)
-    return test_bpd(model, loss, data, n_times, batch_size, seed, progress)
+    return test_bpd(model, loss, data, n_times, batch_size, seed, progress, labels)
 
 # %% ../nbs/10_evaluate.ipynb #8f22a456
 def per_pixel_probs(train:Tensor, # training images (N, ...) with integer values in {0..V-1}

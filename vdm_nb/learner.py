@@ -13,12 +13,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from .core import check_bool, check_choice, check_float, check_int
 from .losses import VDMLoss, bits_per_dim, sample_t
+from .models import check_labels
 from .callbacks import CancelFitException, CancelStepException, LogCB, run_cbs
 from . import checkpoint, distributed as dist
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'mix_seed', 'epoch_permutation', 'batch_position', 'batch_indices', 'step_noise', 'shard_rows',
-           'ema_decay_at', 'ema_update', 'resolve_precision', 'Objective', 'Learner']
+           'drop_labels', 'ema_decay_at', 'ema_update', 'resolve_precision', 'Objective', 'Learner']
 
 # %% ../nbs/09_learner.ipynb #497d19e9
 def mix_seed(*parts, # anything with a stable repr: the run's seed, a stream name, a step
@@ -86,6 +87,17 @@ def shard_rows(n:int, # rows of the global batch
     b = n//n_shards
     return slice(rank*b, (rank + 1)*b)
 
+def drop_labels(labels:Tensor, # (B,) int64, the labels of step k's global batch
+                step:int, # optimiser step k
+                seed:int, # the run's seed
+                p_uncond:float, # probability of replacing a label by the null class
+                n_classes:int, # K, the null class's index
+               )->Tensor: # the labels, each replaced by K with probability p_uncond
+    "Label dropout of step k's global batch, from a generator seeded by (seed, 'uncond', step); no host sync"
+    if not p_uncond: return labels
+    g = torch.Generator(device=labels.device).manual_seed(mix_seed(seed, 'uncond', step))
+    return torch.where(torch.rand(labels.shape, generator=g, device=labels.device) < p_uncond, n_classes, labels)
+
 # %% ../nbs/09_learner.ipynb #502a64fe
 def ema_decay_at(n:int, # number of EMA updates so far
                  decay:float, # the target decay d in [0, 1)
@@ -120,25 +132,26 @@ def resolve_precision(mixed_precision:str, # one of PRECISIONS
 # %% ../nbs/09_learner.ipynb #3fb91d3d
 class Objective(nn.Module):
     "Network and loss in one module: what data parallelism wraps and `compile=True` compiles, batch to loss terms"
-    def __init__(self, net:nn.Module, # the network, net(z, logsnr)
+    def __init__(self, net:nn.Module, # the network, net(z, logsnr) (or net(z, logsnr, label))
                  loss:VDMLoss, # the loss
                  precision:str='no', # 'no', 'bf16' or 'fp16': autocast dtype of the network
                  channels_last:bool=False, # give 4-D inputs to the network in NHWC memory format
                 ):
         super().__init__()
         self.net, self.loss, self.channels_last, self.amp = net, loss, channels_last, _AMP.get(precision)
-    def model(self, z:Tensor, logsnr:Tensor)->Tensor:
-        "The network as the loss calls it"
+    def model(self, z:Tensor, logsnr:Tensor, label:Tensor|None=None)->Tensor:
+        "The network as the loss calls it (with the label only when there is one)"
         if self.channels_last and z.ndim == 4: z = z.contiguous(memory_format=torch.channels_last)
         with torch.autocast(z.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-            return self.net(z, logsnr)
+            return self.net(z, logsnr) if label is None else self.net(z, logsnr, label)
     def forward(self, data:Tensor, # a micro-batch
                 t:Tensor, # its times
                 eps:Tensor, # its noise
                 eps_0:Tensor|None=None, # its reconstruction noise (integer data)
+                label:Tensor|None=None, # its class labels (B,) for a conditional network
                )->dict: # VDMLoss's per-example terms; the adaptive schedule is not updated here
         "The loss terms of a micro-batch with every random number given"
-        return self.loss(self.model, data, t=t, eps=eps, eps_0=eps_0, adapt=False)
+        return self.loss(self.model, data, t=t, eps=eps, eps_0=eps_0, adapt=False, label=label)
 
 # %% ../nbs/09_learner.ipynb #d780bab7
 def _check_inputs(model, loss:VDMLoss, data)->Tensor:
@@ -149,6 +162,18 @@ def _check_inputs(model, loss:VDMLoss, data)->Tensor:
         raise ValueError(f"model.pred={getattr(model, 'pred', 'eps')!r} but loss.pred={loss.pred!r}: "
                          f"build the loss with pred={getattr(model, 'pred', 'eps')!r}")
     return _check_data(data, loss)
+
+def _check_labels(model:nn.Module, data, labels, p_uncond)->tuple:
+    "Training labels checked once against the model's n_classes (a DataSplit's y for a conditional net), and p_uncond"
+    K, name = getattr(model, 'n_classes', 0), type(model).__name__
+    if labels is None and K: labels = getattr(data, 'y', None)                       # e.g. a vdm_nb.data.DataSplit
+    if labels is None and K: raise ValueError(f'{name} is conditional (n_classes={K}): pass labels=, one class per '
+                                              'training example (or a DataSplit with labels y)')
+    labels = check_labels(labels, K, len(getattr(data, 'x', data)))
+    p = check_float(p_uncond, 'p_uncond', 0, 1, fix='(the probability of replacing a label by the null class)')
+    if p and not K: raise ValueError(f'p_uncond={p_uncond} drops labels, but {name} is unconditional (n_classes=0): '
+                                     'pass p_uncond=0, or train with n_classes')
+    return labels, p
 
 def _check_data(data, loss:VDMLoss)->Tensor:
     "A data tensor validated once against the loss (values included: the only host syncs of training data)"
@@ -172,7 +197,7 @@ def _check_data(data, loss:VDMLoss)->Tensor:
 class Learner:
     "Train a model(z, logsnr) on a VDMLoss: deterministic global batches, AdamW, warm-up, clipping, EMA, checkpoints"
     def __init__(self,
-                 model:nn.Module, # the network, model(z, logsnr) with attribute `pred` (default 'eps')
+                 model:nn.Module, # the network, model(z, logsnr) (or model(z, logsnr, label)) with attribute `pred`
                  loss:VDMLoss, # the loss; its parameters (a learned schedule) are trained too
                  data:Tensor, # training examples (N, ...): integers with loss.vocab_size, floats without
                  batch_size:int, # GLOBAL batch size, summed over processes and accumulation steps
@@ -196,13 +221,19 @@ class Learner:
                  # a ready Accelerator (built with mixed_precision='no'); default: made here
                  accelerator:Accelerator|None=None,
                  config:dict|None=None, # the job's settings, kept in checkpoints: a resume must match them
+                 # class labels (N,) int64 of a conditional model; default: data.y of a DataSplit
+                 labels:Tensor|None=None,
+                 p_uncond:float=0., # label dropout: each label becomes the null class with this probability
                 ):
+        self.labels, self.p_uncond = _check_labels(model, data, labels, p_uncond)
+        self.n_classes = getattr(model, 'n_classes', 0)
         self.data = _check_inputs(model, loss, data)
         n = len(self.data)
         self.batch_size = check_int(batch_size, 'batch_size', 1, n, fix=f'(at most the {n} training examples)')
         self.grad_accum, self.log_every = check_int(grad_accum, 'grad_accum', 1), check_int(log_every, 'log_every', 1)
         self.warmup_steps = check_int(warmup_steps, 'warmup_steps', 0, fix='(0: no warm-up)')
-        self.seed, self.lr = check_int(seed, 'seed', 0, 2**63 - 1), check_float(lr, 'lr', 0, low_open=True, fix='e.g. 2e-4')
+        self.seed, self.lr = check_int(seed, 'seed', 0, 2**63 - 1), check_float(lr, 'lr', 0, low_open=True,
+                fix='e.g. 2e-4')
         self.weight_decay = check_float(weight_decay, 'weight_decay', 0)
         self.betas = tuple(check_float(b, 'betas[i]', 0, 1, high_open=True, fix='e.g. (0.9, 0.99)') for b in betas)
         if len(self.betas) != 2: raise ValueError(f'betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.99)')
@@ -211,7 +242,8 @@ class Learner:
         for name, v in dict(compile=compile, channels_last=channels_last, deterministic=deterministic, cpu=cpu).items():
             check_bool(v, name)
         if channels_last and self.data.ndim != 4:
-            raise ValueError(f'channels_last=True needs 4-D images (N, C, H, W), got {self.data.ndim}-D data: pass False')
+            raise ValueError(f'channels_last=True needs 4-D images (N, C, H, W), got {self.data.ndim}-D '
+                             f'data: pass False')
         check_choice(mixed_precision, 'mixed_precision', PRECISIONS)
         self.out_dir, self.config = None if out_dir is None else Path(out_dir), config
         self._prepare(model, loss, mixed_precision, compile, channels_last, deterministic, cpu, accelerator)
@@ -245,6 +277,7 @@ def _prepare(self:Learner, model, loss, mixed_precision, compile, channels_last,
     self.precision = resolve_precision(mixed_precision, acc.device)
     self.compile, self.channels_last = compile, channels_last
     self.model, self.loss_func, self.data = model, loss, self.data.to(acc.device)
+    if self.labels is not None: self.labels = self.labels.to(acc.device)
     self.n_dims, self.dtype = self.data[0].numel(), (torch.float64 if self.data.dtype == torch.float64
                                                      else torch.float32)
     if channels_last: model.to(memory_format=torch.channels_last)
@@ -321,6 +354,7 @@ def _one_step(self:Learner)->None:
     idx = self._indices(k)
     t, eps, eps_0 = step_noise(k, B, tuple(self.data.shape[1:]), self.seed, self.loss_func.time_sampler,
                                self.loss_func.vocab_size is not None, acc.device, self.dtype)
+    y = None if self.labels is None else drop_labels(self.labels[idx], k, self.seed, self.p_uncond, self.n_classes)
     mine, b = shard_rows(B, acc.process_index, acc.num_processes), B//(acc.num_processes*A)
     self.objective.train()
     lr, outs = self.opt.param_groups[0]['lr'], []
@@ -328,7 +362,7 @@ def _one_step(self:Learner)->None:
         rows = slice(mine.start + i*b, mine.start + (i + 1)*b)
         with dist.no_sync(acc, self.objective, skip=i < A - 1):
             e0 = None if eps_0 is None else eps_0[rows]
-            self.terms = self.objective(self.data[idx[rows]], t[rows], eps[rows], e0)
+            self.terms = self.objective(self.data[idx[rows]], t[rows], eps[rows], e0, None if y is None else y[rows])
             self.loss = self.terms['total'].mean()
             self.callback('after_loss')
             self.scaler.scale(self.loss/A).backward()
@@ -495,9 +529,12 @@ def eval_loss(self:Learner,
               ema:bool=True, # evaluate the EMA weights (True) or the trained ones
               batch_size:int|None=None, # examples per global batch; default: the training batch size
               seed:int|None=None, # noise seed; default: the run's seed (same noise for every call)
+              labels:Tensor|None=None, # class labels (N,) of `data` (0..K, K: null); None: the null class
              )->dict: # {'loss': mean nats per example, 'bpd': bits/dim, 'n': number of examples}
-    "Mean loss of `data` with fixed times and noise, under the EMA or the trained weights"
-    data = self.data if data is None else _check_data(data, self.loss_func).to(self.accelerator.device)
+    "Mean loss of `data` (and labels) with fixed times and noise, under the EMA or the trained weights"
+    if data is None: data, labels = self.data, self.labels if labels is None else labels
+    else: data = _check_data(data, self.loss_func).to(self.accelerator.device)
+    labels = check_labels(labels, self.n_classes, len(data), null=True)
     E, acc = check_int(batch_size or self.batch_size, 'batch_size', 1), self.accelerator
     seed = self.seed if seed is None else seed
     out = []
@@ -508,7 +545,8 @@ def eval_loss(self:Learner,
             t, eps, eps_0 = step_noise(j, len(xb), tuple(xb.shape[1:]), seed, self.loss_func.time_sampler,
                                        self.loss_func.vocab_size is not None, acc.device, self.dtype, stream='eval')
             r = torch.tensor_split(torch.arange(len(xb)), acc.num_processes)[acc.process_index]
-            if len(r): out.append(objective(xb[r], t[r], eps[r], None if eps_0 is None else eps_0[r])['total'].double())
+            yb = None if labels is None else labels[start:start + E].to(acc.device)[r.to(acc.device)]
+            if len(r): out.append(objective(xb[r], t[r], eps[r], None if eps_0 is None else eps_0[r], yb)['total'].double())
     total = torch.cat(dist.gather_objects(torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64), acc))
     loss = total.mean().item()
     return {'loss': loss, 'bpd': bits_per_dim(loss, self.n_dims), 'n': len(total)}

@@ -250,7 +250,7 @@ def _check_given(t:Tensor, eps:Tensor, eps_0:Tensor|None)->None:
 
 @patch
 def forward(self:VDMLoss,
-            model, # model(z, logsnr) -> prediction of kind `pred`, shape of z
+            model, # model(z, logsnr) (or model(z, logsnr, label)) -> prediction of kind `pred`, shape of z
             data:Tensor, # integers k (B, ...) if vocab_size is set, else continuous x (B, ...)
             generator:torch.Generator|None=None, # random generator for the times and the noise not given
             t:Tensor|None=None, # (B,) times in [0, 1) to use instead of sampling them
@@ -258,6 +258,7 @@ def forward(self:VDMLoss,
             eps_0:Tensor|None=None, # reconstruction noise (integer data) to use instead of sampling it
             adapt:bool|None=None, # feed an adaptive schedule; None: self.adapt in training mode
             check:bool=False, # validate data, model output and terms (host syncs; the Learner validates once instead)
+            label:Tensor|None=None, # class labels (B,) int64 for a conditional model, passed as model(z, logsnr, label)
            )->dict: # (B,) nats: 'diffusion', 'total' (+ 'prior', 'recon' with vocab_size), and 'logsnr'
     "Per-example loss terms for a batch"
     data = self.validate(data) if check else self._check_kind(torch.as_tensor(data))
@@ -268,6 +269,8 @@ def forward(self:VDMLoss,
     if t.shape != (B,): raise ValueError(f't has shape {tuple(t.shape)}: pass one time per example, ({B},)')
     eps = torch.randn(x.shape, generator=generator, device=dev, dtype=dtype) if eps is None else eps.to(dtype)
     if check: _check_given(t, eps, eps_0)
+    if label is not None and (not torch.is_tensor(label) or label.dtype != torch.long or label.shape != (B,)):
+        raise ValueError(f'label must be an int64 tensor of shape ({B},), one class per example, or None')
     with torch.autocast(dev.type, enabled=False):                 # the schedule in full precision
         if T:
             i = torch.floor(t*T) + 1                                  # step i in {1..T}: s = (i-1)/T, t = i/T
@@ -276,7 +279,8 @@ def forward(self:VDMLoss,
             logsnr_t = self.schedule.logsnr(t, check=False).to(dtype)
             dlogsnr = self.schedule.dlogsnr_dt(t, check=False).to(dtype)
     z, eps = diffuse(x, logsnr_t, eps, self.process)
-    out = model(z, logsnr_t)                                          # the network may run under autocast
+    # the network may run under autocast; an unconditional model keeps its two-argument call
+    out = model(z, logsnr_t) if label is None else model(z, logsnr_t, label)
     if not torch.is_tensor(out) or out.shape != z.shape:
         raise ValueError(f'model(z, logsnr) must return a tensor of the shape of z, {tuple(z.shape)}')
     with torch.autocast(dev.type, enabled=False):                 # the loss in float32 (or float64)

@@ -13,8 +13,8 @@ from .core import check_choice, check_float, check_int, check_logsnr_range
 from .forward import PREDS
 
 # %% auto #0
-__all__ = ['UNET_PRESETS', 'logsnr_embedding', 'fourier_features', 'ResnetBlock', 'AttnBlock', 'ScoreUNet', 'score_unet',
-           'n_params', 'MLPBlock', 'MLPDenoiser', 'flops_per_example']
+__all__ = ['UNET_PRESETS', 'logsnr_embedding', 'fourier_features', 'ResnetBlock', 'AttnBlock', 'check_labels', 'ScoreUNet',
+           'score_unet', 'n_params', 'MLPBlock', 'MLPDenoiser', 'flops_per_example']
 
 # %% ../nbs/06_models.ipynb #68647463
 def _check_logsnr_range(logsnr_range)->tuple[float,float]:
@@ -116,7 +116,54 @@ class AttnBlock(nn.Module):
         h = F.scaled_dot_product_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2])      # (B, heads, HW, C/heads)
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 
-# %% ../nbs/06_models.ipynb #ee5586d8
+# %% ../nbs/06_models.ipynb #5f2fc8f3
+def _batch_label(label, n_classes:int, B:int, device)->Tensor:
+    "label as (B,) int64: None is the null class n_classes; a Python int (checked) or one-element tensor is broadcast"
+    if label is None: return torch.full((B,), n_classes, dtype=torch.long, device=device)
+    if isinstance(label, int) and not isinstance(label, bool):
+        label = torch.tensor(check_int(label, 'label', 0, n_classes, fix=f'({n_classes} is the null class)'))
+    if not torch.is_tensor(label) or label.dtype != torch.long or label.ndim > 1 or label.numel() not in (1, B):
+        got = f'{label.dtype} {tuple(label.shape)}' if torch.is_tensor(label) else type(label).__name__
+        raise ValueError(f'label is {got}: pass an int64 tensor of shape ({B},) with values in 0..{n_classes}, or None')
+    return label.to(device).reshape(-1).expand(B)
+
+def _add_class(net:nn.Module, e:Tensor, label)->Tensor:
+    "e + the class vector of `label` (None: the null class) on a conditional net; a label on an unconditional one fails"
+    if net.class_embed is None:
+        if label is not None: raise ValueError(f'{type(net).__name__} is unconditional (n_classes=0): drop the label, '
+                                               'or train with n_classes')
+        return e
+    return e + net.class_embed(_batch_label(label, net.n_classes, e.shape[0], e.device)).to(e.dtype)
+
+def _class_table(n_classes:int, dim:int)->nn.Embedding|None:
+    "K + 1 zero-initialised class vectors (row K: the null class), or None for an unconditional net"
+    if check_int(n_classes, 'n_classes', 0, fix='(0: unconditional)') == 0: return None
+    table = nn.Embedding(n_classes + 1, dim)
+    nn.init.zeros_(table.weight)
+    return table
+
+# %% ../nbs/06_models.ipynb #567e2325
+def check_labels(labels, # class labels, one per example
+                 n_classes:int, # K, the network's n_classes (0: unconditional, then labels must be None)
+                 n:int|None=None, # the number of examples they label; None: any
+                 null:bool=False, # also allow the null class K (e.g. to sample unconditionally)
+                )->Tensor|None: # the labels, an int64 tensor (N,), or None
+    "Check labels once where they enter: int64 of shape (n,), values in 0..K-1 (0..K with null=True); a host sync"
+    if labels is None: return None
+    if not n_classes: raise ValueError('the network is unconditional (n_classes=0): drop the label, or train with '
+                                       'n_classes')
+    if not torch.is_tensor(labels) or labels.dtype != torch.long or labels.ndim != 1 or (n is not None and
+                                                                                       len(labels) != n):
+        got = f'{labels.dtype} {tuple(labels.shape)}' if torch.is_tensor(labels) else type(labels).__name__
+        raise ValueError(f'labels are {got}: pass an int64 tensor of shape ({"N" if n is None else n},), e.g. '
+                         'DataSplit.y')
+    hi = n_classes if null else n_classes - 1
+    if len(labels) and not bool(((labels >= 0) & (labels <= hi)).all()):
+        raise ValueError(f'labels span {int(labels.min())}..{int(labels.max())}, outside 0..{hi} of a network with '
+                         f'n_classes={n_classes}' + ('' if null else f' ({n_classes} is the null class, not a label)'))
+    return labels
+
+# %% ../nbs/06_models.ipynb #ec5eea4f
 class ScoreUNet(nn.Module):
     "VDM's score network: a U-Net without downsampling, conditioned on log-SNR, with Fourier features of its input"
     def __init__(self,
@@ -131,6 +178,7 @@ class ScoreUNet(nn.Module):
                  logsnr_range:tuple=(-5.0, 13.3),
                  pred:str='eps', # what the output means: 'eps', 'x', 'v' or 'F'
                  norm_groups:int=32, # GroupNorm groups (must divide C)
+                 n_classes:int=0, # K > 0: a class-conditional network (labels 0..K-1, K = null); 0: unconditional
                 ):
         super().__init__()
         for name, v, low in (('in_channels', in_channels, 1), ('channels', channels, 4), ('n_blocks', n_blocks, 0),
@@ -157,11 +205,15 @@ class ScoreUNet(nn.Module):
         self.norm_out, self.conv_out = nn.GroupNorm(norm_groups, channels), nn.Conv2d(channels, in_channels, 3,
                 padding=1)
         nn.init.zeros_(self.conv_out.weight); nn.init.zeros_(self.conv_out.bias)
+        self.n_classes, self.class_embed = n_classes, _class_table(n_classes, channels)    # last: same init RNG
 
-    def extra_repr(self): return f'pred={self.pred!r}, fourier_range={self.fourier_range}, logsnr_range={self.logsnr_range}'
+    def extra_repr(self): return (f'pred={self.pred!r}, fourier_range={self.fourier_range}, '
+                                  f'logsnr_range={self.logsnr_range}'
+                                  + f', n_classes={self.n_classes}'*bool(self.n_classes))
 
     def forward(self, z:Tensor, # latent (B, in_channels, H, W), any H and W
                 logsnr:Tensor|float, # lambda, shape (B,), or a scalar for the whole batch
+                label:Tensor|int|None=None, # class labels (B,) int64 in 0..K (K: null); None: the null class
                )->Tensor: # prediction of kind `self.pred`, shape of z
         "Predict eps (or x, v, F) from the latent and its log-SNR"
         if not torch.is_tensor(z) or z.ndim != 4 or z.shape[1] != self.in_channels:
@@ -170,6 +222,7 @@ class ScoreUNet(nn.Module):
         with _no_autocast(z):                                   # embedding and Fourier features in float32 (or 64)
             zf = _full_precision(z)
             e = logsnr_embedding(_full_precision(_batch_logsnr(logsnr, zf)), self.channels, self.logsnr_range)
+            e = _add_class(self, e, label)                        # + the class vector, before the MLP
             h = zf if self.fourier_range is None else torch.cat([zf, fourier_features(zf, self.fourier_range)], 1)
         emb = self.embed(e)                                       # the network itself may run under autocast
         hs = [self.conv_in(h)]
@@ -178,7 +231,7 @@ class ScoreUNet(nn.Module):
         for blk in self.up: h = blk(torch.cat([h, hs.pop()], 1), emb)
         return self.conv_out(F.silu(self.norm_out(h)))
 
-# %% ../nbs/06_models.ipynb #e8d83e5e
+# %% ../nbs/06_models.ipynb #ffedae62
 UNET_PRESETS = {
     'cifar10': dict(in_channels=3, channels=128, n_blocks=32, dropout=0.1, attention=False, n_heads=1, fourier_range=(7,
             8),
@@ -206,7 +259,7 @@ def n_params(model:nn.Module, # any network
     "Count a network's parameters"
     return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/06_models.ipynb #43edfe0c
+# %% ../nbs/06_models.ipynb #564b568a
 class MLPBlock(nn.Module):
     "Residual MLP block: x + Linear(SiLU(Linear(SiLU(LayerNorm(x))) + W emb))"
     def __init__(self, hidden:int, # width
@@ -231,6 +284,7 @@ class MLPDenoiser(nn.Module):
                  logsnr_range:tuple=(-5.0, 13.3), # (lambda_min, lambda_max) mapped to c = 1, 0
                  fourier_range:tuple|None=None, # Fourier features sin/cos(2^n pi z), n = n_min..n_max; None: off
                  pred:str='eps', # what the output means: 'eps', 'x', 'v' or 'F'
+                 n_classes:int=0, # K > 0: a class-conditional network (labels 0..K-1, K = null); 0: unconditional
                 ):
         super().__init__()
         for name, v, low in (('dim', dim, 1), ('hidden', hidden, 1), ('depth', depth, 0), ('embed_dim', embed_dim, 4)):
@@ -245,11 +299,15 @@ class MLPDenoiser(nn.Module):
         self.blocks = nn.ModuleList(MLPBlock(hidden, hidden) for _ in range(depth))
         self.norm_out, self.out = nn.LayerNorm(hidden), nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)
+        self.n_classes, self.class_embed = n_classes, _class_table(n_classes, embed_dim)   # last: same init RNG
 
-    def extra_repr(self): return f'pred={self.pred!r}, fourier_range={self.fourier_range}, logsnr_range={self.logsnr_range}'
+    def extra_repr(self): return (f'pred={self.pred!r}, fourier_range={self.fourier_range}, '
+                                  f'logsnr_range={self.logsnr_range}'
+                                  + f', n_classes={self.n_classes}'*bool(self.n_classes))
 
     def forward(self, z:Tensor, # latent (B, dim)
                 logsnr:Tensor|float, # lambda, shape (B,), or a scalar for the whole batch
+                label:Tensor|int|None=None, # class labels (B,) int64 in 0..K (K: null); None: the null class
                )->Tensor: # prediction of kind `self.pred`, (B, dim)
         "Predict eps (or x, v, F) from the latent and its log-SNR"
         if not torch.is_tensor(z) or z.ndim != 2 or z.shape[1] != self.dim:
@@ -258,12 +316,13 @@ class MLPDenoiser(nn.Module):
         with _no_autocast(z):                                   # embedding and Fourier features in float32 (or 64)
             zf = _full_precision(z)
             e = logsnr_embedding(_full_precision(_batch_logsnr(logsnr, zf)), self.embed_dim, self.logsnr_range)
+            e = _add_class(self, e, label)                        # + the class vector, before the MLP
             h = zf if self.fourier_range is None else torch.cat([zf, fourier_features(zf, self.fourier_range)], 1)
         emb, h = self.embed(e), self.inp(h)
         for blk in self.blocks: h = blk(h, emb)
         return self.out(F.silu(self.norm_out(h)))
 
-# %% ../nbs/06_models.ipynb #8d34e65f
+# %% ../nbs/06_models.ipynb #644d3d8c
 def flops_per_example(model:nn.Module, # a network model(z, logsnr); on the meta device nothing is computed
                       shape:tuple, # the shape of one example, e.g. (3, 32, 32) or (2,)
                       logsnr:float=0., # the log-SNR to run at (the count does not depend on it)

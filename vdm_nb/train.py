@@ -46,6 +46,8 @@ class TrainConfig:
     fourier_range:tuple|None=_NET['fourier_range']
     norm_groups:int=_NET['norm_groups'] # GroupNorm groups (must divide channels)
     pred:str='eps' # what the network predicts: 'eps', 'x', 'v' or 'F'
+    n_classes:int=0 # K > 0: a class-conditional network (K must be the data's number of classes); 0: unconditional
+    p_uncond:float=0.1 # label dropout of a conditional network: probability of the null class, in [0, 1)
     schedule:str='linear' # one of TRAIN_SCHEDULES (vdm_nb.schedules.get_schedule)
     logsnr_min:float=-7.0 # lambda(1), the noisy end (initial value when learned)
     logsnr_max:float=8.0 # lambda(0), the clean end (initial value when learned)
@@ -79,7 +81,8 @@ PRESETS = {
                           batch_size=128, lr=5e-4, weight_decay=0.01, warmup_steps=500, ema_decay=0.999, steps=50_000,
                           mixed_precision='auto', eval_times=4, eval_batch_size=250, n_samples=64, sample_steps=256,
                           log_every=200, ckpt_every=2000),
-    'cifar10': TrainConfig(data='cifar10', **_net('cifar10'), schedule='learned-linear', logsnr_min=-5.0, logsnr_max=13.3,
+    'cifar10': TrainConfig(data='cifar10', **_net('cifar10'), schedule='learned-linear', logsnr_min=-5.0,
+                           logsnr_max=13.3,
                            batch_size=128, lr=2e-4, weight_decay=0.01, warmup_steps=100, ema_decay=0.9999,
                            steps=10_000_000, mixed_precision='auto', eval_times=1, eval_batch_size=250, n_samples=64,
                            sample_steps=256, log_every=1000, ckpt_every=10_000),
@@ -115,7 +118,8 @@ _COUNTS = dict(channels=4, n_blocks=0, norm_groups=1, batch_size=1, warmup_steps
 
 def _check_values(cfg:TrainConfig)->None:
     "What each setting may mean, beyond its type"
-    if cfg.data not in IMAGE_DATA: raise ValueError(f'data={cfg.data!r} is not an image dataset: use one of {IMAGE_DATA}')
+    if cfg.data not in IMAGE_DATA: raise ValueError(f'data={cfg.data!r} is not an image dataset: use one '
+                                                    f'of {IMAGE_DATA}')
     for name, choices in (('schedule', TRAIN_SCHEDULES), ('mixed_precision', PRECISIONS), ('pred', PREDS),
                           ('device', ('auto', 'cpu', 'cuda'))): check_choice(getattr(cfg, name), name, choices)
     if cfg.device == 'cuda' and not torch.cuda.is_available():
@@ -127,6 +131,8 @@ def _check_values(cfg:TrainConfig)->None:
     check_float(cfg.weight_decay, 'weight_decay', 0); check_float(cfg.ema_decay, 'ema_decay', 0, 1, high_open=True)
     if cfg.grad_clip is not None: check_float(cfg.grad_clip, 'grad_clip', 0, low_open=True, fix='or None')
     if cfg.minutes is not None: check_float(cfg.minutes, 'minutes', 0, low_open=True, fix='or None for no time budget')
+    check_int(cfg.n_classes, 'n_classes', 0, fix='(0: unconditional)')
+    check_float(cfg.p_uncond, 'p_uncond', 0, 1, high_open=True, fix='(0.1 is usual)')
     check_logsnr_range(cfg.logsnr_min, cfg.logsnr_max, torch.float32)
 
 def make_config(preset:str='digits', # a key of PRESETS
@@ -148,7 +154,8 @@ def make_model(cfg:TrainConfig, # the configuration
     "The ScoreUNet of cfg, its lambda embedding spanning the schedule's initial range"
     return ScoreUNet(in_channels, cfg.channels, cfg.n_blocks, cfg.dropout, cfg.attention,
                      fourier_range=cfg.fourier_range,
-                     logsnr_range=(cfg.logsnr_min, cfg.logsnr_max), pred=cfg.pred, norm_groups=cfg.norm_groups)
+                     logsnr_range=(cfg.logsnr_min, cfg.logsnr_max), pred=cfg.pred, norm_groups=cfg.norm_groups,
+                     n_classes=cfg.n_classes)
 
 # %% ../nbs/11_train.ipynb #a8ff8b51
 def check_batch_split(batch_size:int, # the global batch size
@@ -192,6 +199,18 @@ _RESUMABLE = ('steps', 'minutes', 'device', 'data_root', 'mixed_precision', 'com
 
 class TrainingInterrupted(KeyboardInterrupt): "Ctrl-C during training: the message says where the run can go on from"
 
+def _check_classes(cfg:TrainConfig, tr)->None:
+    "A conditional job's n_classes against the training data's classes"
+    if not cfg.n_classes: return
+    have = tr.n_classes
+    if cfg.n_classes != have: raise ValueError(f'n_classes={cfg.n_classes} but {cfg.data} has {have} classes: use '
+                                               f'n_classes={have}, or 0 for an unconditional model')
+
+def _fingerprint_config(preset:str, cfg:TrainConfig)->dict:
+    "What a resume must match; an unconditional job leaves out n_classes and p_uncond, as its checkpoints always did"
+    skip = _RESUMABLE + (('n_classes', 'p_uncond') if not cfg.n_classes else ())
+    return {'preset': preset, **{k: v for k, v in asdict(cfg).items() if k not in skip}}
+
 def _start(preset:str, cfg:TrainConfig, out:Path, resume:bool):
     "Data, network, loss, callbacks and Learner of a job (resumed from out when asked), checked before anything is written"
     ckpts = [f for f in (out/'latest.pt', out/'previous.pt') if f.is_file()]
@@ -202,6 +221,7 @@ def _start(preset:str, cfg:TrainConfig, out:Path, resume:bool):
         raise FileNotFoundError(f'nothing to resume in {out}: it has no latest.pt or previous.pt (train without resume)')
     tr = get_data(cfg.data, 'train', cfg.data_root, cfg.data_seed)
     te = get_data(cfg.data, 'test', cfg.data_root, cfg.data_seed)
+    _check_classes(cfg, tr)
     torch.manual_seed(cfg.seed)                                         # the initialisation, the same in every process
     net, schedule = make_model(cfg, tr.x.shape[1]), get_schedule(cfg.schedule, cfg.logsnr_min, cfg.logsnr_max)
     loss = VDMLoss(schedule, pred=cfg.pred, vocab_size=tr.vocab_size, variance_min=cfg.variance_min)
@@ -209,8 +229,8 @@ def _start(preset:str, cfg:TrainConfig, out:Path, resume:bool):
     learn = Learner(net, loss, tr.x, cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                     warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
                     mixed_precision=cfg.mixed_precision, compile=cfg.compile, seed=cfg.seed, out_dir=out, cbs=cbs,
-                    log_every=cfg.log_every, cpu=cfg.device == 'cpu',
-                    config={'preset': preset, **{k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}})
+                    log_every=cfg.log_every, cpu=cfg.device == 'cpu', config=_fingerprint_config(preset, cfg),
+                    labels=tr.y if cfg.n_classes else None, p_uncond=cfg.p_uncond if cfg.n_classes else 0.)
     if resume:
         learn.resume(out)
         if learn.step > cfg.steps:
@@ -234,8 +254,9 @@ def _evaluate(learn:Learner, cfg:TrainConfig, tr, te, out:Path)->dict:
     "Test bits/dim of the EMA weights, the per-pixel baseline and the sample grid (main process)"
     t1, V = time.perf_counter(), tr.vocab_size
     test_x = te.x if cfg.n_test is None else te.x[:cfg.n_test]
+    test_y = None if not cfg.n_classes else te.y if cfg.n_test is None else te.y[:cfg.n_test]   # conditional bits/dim
     ev = test_bpd(learn.ema_model, learn.loss_func, test_x, n_times=cfg.eval_times, batch_size=cfg.eval_batch_size,
-                  seed=cfg.seed)
+                  seed=cfg.seed, labels=test_y)
     res = {'eval': ev, 'eval_seconds': time.perf_counter() - t1, 'per_pixel_bpd': per_pixel_bpd(tr.x, test_x, V),
            'n_test': len(test_x)}
     if cfg.n_samples:
@@ -317,7 +338,8 @@ def _run_config(run:Path, ck:dict)->dict:
     "The preset and settings of a run: from the checkpoint's fingerprint, else (older runs) from config.json"
     if 'config' in ck['fingerprint']: return dict(ck['fingerprint']['config'])
     try: saved = json.loads((run/'config.json').read_text())
-    except (OSError, ValueError) as err: raise ValueError(f'{run}/config.json cannot be read ({type(err).__name__}) and '
+    except (OSError, ValueError) as err: raise ValueError(f'{run}/config.json cannot be read '
+                                                          f'({type(err).__name__}) and '
             'the checkpoint predates configurations in fingerprints: restore config.json') from None
     return {'preset': saved['preset'], **saved['config']}
 
