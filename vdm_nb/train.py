@@ -345,19 +345,19 @@ def _run_config(run:Path, ck:dict)->dict:
 
 def load_run(run_dir, # the folder of a vdm_nb_train run
              ema:bool=True, # the EMA weights (what the job evaluates and samples) or the trained weights
-            )->dict: # 'net' (eval mode), 'loss' (VDMLoss, trained schedule), 'config', 'preset', 'step', 'path'
+            )->dict: # 'net' (eval mode), 'loss' (trained schedule), 'config', 'preset', 'step', 'path', 'data_shape'
     "The network, loss and configuration of a training run, read from its checkpoint"
     path, ck = _run_checkpoint(Path(run_dir))
     saved = _run_config(path.parent, ck); preset = saved.pop('preset')
     known = {f.name for f in fields(TrainConfig)}
     cfg = make_config(preset, **{k: v for k, v in saved.items() if k in known})
-    (n, c, *_), _ = ck['fingerprint']['data']
+    shape, _ = ck['fingerprint']['data']                                # the training data's (N, C, H, W)
     vocab = re.search(r'vocab_size=(\d+)', ck['fingerprint']['loss'])
-    net = make_model(cfg, c); net.load_state_dict(ck['ema' if ema else 'model']); net.eval()
+    net = make_model(cfg, shape[1]); net.load_state_dict(ck['ema' if ema else 'model']); net.eval()
     loss = VDMLoss(get_schedule(cfg.schedule, cfg.logsnr_min, cfg.logsnr_max), pred=cfg.pred,
                    vocab_size=int(vocab[1]) if vocab else None, variance_min=cfg.variance_min)
     loss.load_state_dict(ck['loss']); loss.eval()
-    return dict(net=net, loss=loss, config=cfg, preset=preset, step=ck['step'], path=path)
+    return dict(net=net, loss=loss, config=cfg, preset=preset, step=ck['step'], path=path, data_shape=tuple(shape[1:]))
 
 # %% ../nbs/11_train.ipynb #043c31f5
 def _parse_set(items:list)->dict:
