@@ -57,7 +57,7 @@ def _device(model, device)->torch.device:
 
 # %% ../nbs/08_sampling.ipynb #730202d5
 def _grid(schedule, n:int, T:int=0)->Tensor:
-    "lambda(t_i), i = 0..n: t_i = i/n, or (1 + i (T-1)/n)/T from a discrete schedule's first level 1/T; float64, checked"
+    "lambda(t_i), i = 0..n: t_i = i/n, or (1 + i (T-1)/n)/T from a discrete schedule's level 1/T; float64, checked"
     i = torch.arange(n + 1, dtype=torch.float64)
     t = (i/n if T == 0 else (1 + i*(T - 1)/n)/T) if n > 0 else torch.ones(1, dtype=torch.float64)
     ref = next(iter(schedule.state_dict().values()), None) if isinstance(schedule, nn.Module) else None
@@ -166,7 +166,7 @@ def _check_interval(interval)->tuple|None:
 
 # %% ../nbs/08_sampling.ipynb #508daf2f
 class Guided(nn.Module):
-    "Classifier-free guidance as an unconditional model(z, logsnr): (1 + w) out(z, c) - w out(z, null), one batched call"
+    "Classifier-free guidance as an unconditional model(z, logsnr): (1 + w) out(z, c) - w out(z, null) in one call"
     n_classes = 0                                                      # the wrapper itself takes no label
     def __init__(self, net, # conditional network net(z, logsnr, label), `n_classes` > 0; label n_classes is null
                  label:int|Tensor, # the class c: an int, or an int64 tensor (B,) with values in 0..n_classes
