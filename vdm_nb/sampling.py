@@ -178,7 +178,7 @@ class Guided(nn.Module):
         if not self.n_net: raise ValueError(f"{type(net).__name__} is unconditional (n_classes=0): drop the label, or "
                                             f"train with n_classes")
         self.net, self.pred = net, getattr(net, 'pred', 'eps')
-        self.label = _check_label(label, self.n_net)
+        self.register_buffer('label', _check_label(label, self.n_net), persistent=False)   # moves with .to(device)
         self.guidance = check_float(guidance, 'guidance', fix='Use w = 0 for conditional sampling, e.g. 1.0 or 3.0')
         self.interval = _check_interval(interval)
 
