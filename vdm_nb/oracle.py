@@ -12,7 +12,7 @@ from .core import check_choice, check_int
 from .forward import PARAMETERISATIONS, PROCESSES, log_alpha_sigma, target
 
 # %% auto #0
-__all__ = ['GaussianOracle', 'MixtureOracle']
+__all__ = ['GaussianOracle', 'MixtureOracle', 'ConditionalOracle']
 
 # %% ../nbs/05_oracle.ipynb #705d3639
 def _check_process(process): check_choice(process, 'process', PROCESSES)
@@ -313,3 +313,33 @@ class MixtureOracle(_Oracle):
         _check_n(n)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         return (self.means[k] + self.stds[k, None]*torch.randn(n, self.dim, generator=generator, dtype=torch.float64)).to(dtype)
+
+# %% ../nbs/05_oracle.ipynb #d6e1b9f7
+@patch
+def restrict(self:MixtureOracle, components, # indices of the components to keep
+            )->MixtureOracle: # the mixture of those components, weights renormalised: q(x | k in components)
+    "The mixture conditioned on its component lying in `components`"
+    k = torch.as_tensor(components, dtype=torch.long).flatten()
+    if k.numel() == 0 or int(k.min()) < 0 or int(k.max()) >= self.n_components or len(set(k.tolist())) != k.numel():
+        raise ValueError(f"components={components!r} must be distinct indices in 0..{self.n_components - 1}")
+    return MixtureOracle(self.means[k], self.stds[k], self.weights[k]/self.weights[k].sum(), self.process)
+
+class ConditionalOracle:
+    "Exact class-conditional denoisers as a conditional network net(z, logsnr, label); label n_classes: the null class"
+    def __init__(self, classes:list, # one oracle per class c, the exact q(x | c)
+                 unconditional, # the oracle of q(x), answered for the null label n_classes
+                 pred:str='eps', # output kind: 'eps', 'x', 'v', 'F' or 'score'
+                 sigma_data:float=0.5, # EDM's sigma_data, used by pred='F'
+                ):
+        check_choice(pred, 'pred', PARAMETERISATIONS)
+        if not classes: raise ValueError("classes is empty: pass one oracle per class")
+        self.oracles, self.n_classes, self.pred = list(classes) + [unconditional], len(classes), pred
+        self._models = [o.as_model(pred, sigma_data) for o in self.oracles]
+    def __repr__(self): return f"ConditionalOracle(n_classes={self.n_classes}, pred={self.pred!r})"
+    def __call__(self, z:Tensor, # latents (B, D)
+                 logsnr:Tensor|float, # lambda, a scalar or (B,)
+                 label:Tensor|None=None, # int64 (B,) in 0..n_classes; None: the null class for every row
+                )->Tensor: # each row's exact output for its class, (B, D)
+        outs = torch.stack([m(z, logsnr) for m in self._models])       # (n_classes + 1, B, D)
+        label = torch.full((z.shape[0],), self.n_classes) if label is None else label.to(outs.device).long()
+        return outs[label, torch.arange(z.shape[0], device=outs.device)]

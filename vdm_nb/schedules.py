@@ -396,6 +396,7 @@ def ddpm_betas(kind:str='linear',      # 'linear' (Ho et al. 2020) or 'cosine' (
 
 class DDPMSchedule(PiecewiseLinearSchedule):
     "DDPM's discrete schedule in continuous time: lambda piecewise linear through logit(alphabar_i) at t = i/T"
+    discrete = True                                                     # the model's levels are t = i/T, i = 1..T only
     def __init__(self, kind:str='linear',   # 'linear' (Ho et al. 2020) or 'cosine' (Nichol & Dhariwal 2021)
                  n_steps:int=1000,          # T, the number of discrete steps
                  beta_start:float=1e-4,     # linear: beta_1
