@@ -261,9 +261,11 @@ def _evaluate(learn:Learner, cfg:TrainConfig, tr, te, out:Path)->dict:
            'n_test': len(test_x)}
     if cfg.n_samples:
         g = torch.Generator(device=learn.accelerator.device).manual_seed(cfg.seed)
+        nrow = cfg.n_classes or math.ceil(math.sqrt(cfg.n_samples))    # a conditional run: one class per column
+        label = torch.arange(cfg.n_samples, device=g.device) % cfg.n_classes if cfg.n_classes else None
         x = ancestral_sample(learn.ema_model, (cfg.n_samples, *tr.shape), learn.loss_func.schedule, cfg.sample_steps,
-                             generator=g, vocab_size=V)
-        save_grid(x, out/'samples.png', nrow=math.ceil(math.sqrt(cfg.n_samples)), vocab_size=V, min_width=256)
+                             generator=g, vocab_size=V, label=label)
+        save_grid(x, out/'samples.png', nrow=nrow, vocab_size=V, min_width=256)
     return res
 
 # %% ../nbs/11_train.ipynb #18d62aa0
