@@ -11,7 +11,7 @@ from torchdiffeq import odeint
 from .core import check_choice, check_finite, check_float, check_int, check_vocab
 from .forward import log_alpha_sigma, to_eps, to_x
 from .losses import encode
-from .sampling import _check_common, _device, _finish, _grid, _prior_std, _start
+from .sampling import _check_common, _device, _finish, _grid, _prior_std, _start, guide
 
 # %% auto #0
 __all__ = ['EXACT_MAX_DIM', 'ODE_METHODS', 'N_TRAJECTORY', 'ode_drift', 'ode_likelihood', 'ode_sample', 'ode_bpd']
@@ -174,9 +174,13 @@ def ode_sample(model, # network model(z, logsnr) -> output of kind `pred`
                return_nfe:bool=False, # also return the number of network evaluations
                return_trajectory:bool=False, # also return z at N_TRAJECTORY log-SNRs (solver's interpolant)
                options:dict|None=None, # extra options for torchdiffeq's odeint (step_size for fixed-step methods)
+               label:int|Tensor|None=None, # class of a conditional model: an int or an int64 tensor (B,)
+               guidance:float=0., # classifier-free guidance weight w (`sampling.Guided`); needs a label
+               guidance_interval:tuple|None=None, # (lo, hi): guide only where lo <= lambda <= hi
               )->Tensor|tuple[Tensor,dict]: # x_hat at lambda_max (or integers); with an info dict when asked
     "Deterministic sampler: solve the probability-flow ODE from the prior at lambda_min to lambda_max"
     shape, pred = _check_common(model, shape, 1, schedule, pred, process, sigma_data, vocab_size, False, dtype)
+    model = guide(model, label, guidance, guidance_interval, batch=shape[0])
     options = _check_solver(rtol, atol, method, options)
     if not isinstance(return_nfe, bool) or not isinstance(return_trajectory, bool):
         raise TypeError("return_nfe and return_trajectory must be True or False")
