@@ -345,12 +345,18 @@ def _run_config(run:Path, ck:dict)->dict:
             'the checkpoint predates configurations in fingerprints: restore config.json') from None
     return {'preset': saved['preset'], **saved['config']}
 
+def _job_settings(run:Path)->dict:
+    "What a resume may change (evaluation, sampling, budget, device), as config.json last recorded it; {} if unreadable"
+    try: saved = json.loads((run/'config.json').read_text())['config']
+    except (OSError, ValueError, KeyError, TypeError): return {}
+    return {k: v for k, v in saved.items() if k in _RESUMABLE} if isinstance(saved, dict) else {}
+
 def load_run(run_dir, # the folder of a vdm_nb_train run
              ema:bool=True, # the EMA weights (what the job evaluates and samples) or the trained weights
             )->dict: # 'net' (eval mode), 'loss' (trained schedule), 'config', 'preset', 'step', 'path', 'data_shape'
     "The network, loss and configuration of a training run, read from its checkpoint"
     path, ck = _run_checkpoint(Path(run_dir))
-    saved = _run_config(path.parent, ck); preset = saved.pop('preset')
+    saved = {**_run_config(path.parent, ck), **_job_settings(path.parent)}; preset = saved.pop('preset')
     known = {f.name for f in fields(TrainConfig)}
     cfg = make_config(preset, **{k: v for k, v in saved.items() if k in known})
     shape, _ = ck['fingerprint']['data']                                # the training data's (N, C, H, W)
