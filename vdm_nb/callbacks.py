@@ -49,8 +49,10 @@ class LogCB(Callback):
                 ):
         if fmt not in ('csv', 'jsonl'): raise ValueError(f"fmt={fmt!r} is unknown: use 'csv' or 'jsonl'")
         self.fmt = fmt
-    def _row(self, r:dict)->str: return ','.join(f'{r[k]:.10g}' for k in LOG_KEYS) if self.fmt == 'csv' else json.dumps(r)
-    def before_fit(self, learn):                   # the files are rewritten from the run's state, never trusted as found
+    def _row(self, r:dict)->str:
+        return ','.join(f'{r[k]:.10g}' for k in LOG_KEYS) if self.fmt == 'csv' else json.dumps(r)
+    # the files are rewritten from the run's state, never trusted as found
+    def before_fit(self, learn):
         if learn.out_dir is None: raise ValueError('LogCB writes to Learner(out_dir=...): pass an out_dir')
         self.path, self.eval_path = learn.out_dir/f'log.{self.fmt}', learn.out_dir/'eval.jsonl'
         if not learn.accelerator.is_main_process: return

@@ -92,7 +92,8 @@ def fingerprint(learn, # a Learner
             'seed': learn.seed,
             'optimizer': (learn.lr, learn.betas, learn.weight_decay, learn.warmup_steps, learn.grad_clip,
                           learn.ema_decay), 'config': learn.config,
-            # a conditional run: its labels and label dropout (absent for unconditional runs, whose checkpoints predate them)
+            # a conditional run: its labels and label dropout
+            # (absent for unconditional runs, whose checkpoints predate them)
             **({} if getattr(learn, 'labels', None) is None else
                {'labels': (tuple(learn.labels.shape), learn.n_classes, learn.p_uncond)})}
 
@@ -194,7 +195,8 @@ def set_aside(path:Path, # a file that cannot be used
              )->Path: # its new name
     "Rename `path` to <stem>.unreadable-<UTC time><suffix> beside it, so that nothing is rotated over a good file"
     stamp, n = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime()), 0
-    while (dest := path.with_name(f'{path.stem}.unreadable-{stamp}{f"-{n}" if n else ""}{path.suffix}')).exists(): n += 1
+    while (dest := path.with_name(f'{path.stem}.unreadable-{stamp}{f"-{n}" if n else ""}{path.suffix}')).exists():
+        n += 1
     os.replace(path, dest); fsync_dir(path.parent)
     return dest
 

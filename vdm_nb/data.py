@@ -79,7 +79,8 @@ class DataSplit:
     def __repr__(self):
         what = f"V={self.vocab_size}" if self.vocab_size else "continuous"
         lab = "no labels" if self.y is None else f"labels{f' ({len(self.classes)} classes)' if self.classes else ''}"
-        return f"DataSplit({self.name}/{self.split}: x {tuple(self.x.shape)} {str(self.x.dtype).replace('torch.', '')}, {what}, {lab})"
+        return (f"DataSplit({self.name}/{self.split}: x {tuple(self.x.shape)} "
+                f"{str(self.x.dtype).replace('torch.', '')}, {what}, {lab})")
 
 # %% ../nbs/07_data.ipynb #0341a519
 def split_indices(n:int, # N, the number of examples
@@ -295,7 +296,8 @@ def toy_2d(name:str, # one of TOY_2D: 'gaussian', 'correlated', 'mixture', 'moon
            dtype:torch.dtype=torch.float32, # dtype of x
           )->DataSplit: # x of shape (n, 2), vocab_size None; y: component, moon or square index where there is one
     "Points from a 2-D toy distribution, deterministic for a seed"
-    _check_toy(name); n = check_int(n, 'n', 1); seed = check_int(seed, 'seed', 0); _check_split(split, ('train', 'test'))
+    _check_toy(name); n = check_int(n, 'n', 1); seed = check_int(seed, 'seed', 0)
+    _check_split(split, ('train', 'test'))
     g = torch.Generator().manual_seed(2*seed + (split == 'test'))
     kw = dict(generator=g, dtype=torch.float64)
     y = None

@@ -73,8 +73,8 @@ def strategy(acc:Accelerator, # the run's Accelerator
                                  'or train with DDP')
     if plugin.ignored_modules is not None and not getattr(plugin, '_set_by_learner', False):
         raise ValueError('the FSDP configuration sets ignored_modules, which the Learner sets itself (to '
-                         'the loss, whose '
-                         "schedule parameters stay whole on every process): remove fsdp_ignored_modules from the config")
+                         'the loss, whose schedule parameters stay whole on every process): '
+                         'remove fsdp_ignored_modules from the config')
     plugin.cpu_ram_efficient_loading = False
     plugin.mixed_precision_policy = MixedPrecisionPolicy()
     plugin.ignored_modules, plugin._set_by_learner = ([unsharded] if unsharded is not None else None), True

@@ -63,7 +63,8 @@ def test_bpd(model, # model(z, logsnr) -> prediction of kind loss.pred (the mode
              labels:Tensor|None=None, # class labels (N,) for a conditional model (0..K, K: null); None: unconditional
             )->dict: # bpd, se, prior, recon, diffusion (bits/dim), nats, n, n_times, per_example (N,) bits/dim
     "Monte Carlo test bits/dim of the negative VLB (prior + recon + diffusion), with its standard error over examples"
-    if not isinstance(loss, VDMLoss): raise TypeError(f'loss must be a vdm_nb.losses.VDMLoss, got {type(loss).__name__}')
+    if not isinstance(loss, VDMLoss):
+        raise TypeError(f'loss must be a vdm_nb.losses.VDMLoss, got {type(loss).__name__}')
     if not loss.elbo: raise ValueError(f'loss has weighting {loss.weighting!r}: only the ELBO is a likelihood bound, '
                                        f'use VDMLoss(weighting="elbo")')
     if getattr(model, 'pred', loss.pred) != loss.pred:
@@ -279,7 +280,8 @@ def _psd_eigh(c:Tensor, name:str)->tuple[Tensor, Tensor]:
 def _check_stats(mu, cov, name:str)->tuple[Tensor, Tensor]:
     mu, cov = torch.as_tensor(mu, dtype=torch.float64), torch.as_tensor(cov, dtype=torch.float64)
     if mu.ndim != 1 or cov.shape != (len(mu), len(mu)):
-        raise ValueError(f'mu{name} {tuple(mu.shape)} and cov{name} {tuple(cov.shape)} must have shapes (F,) and (F, F)')
+        raise ValueError(f'mu{name} {tuple(mu.shape)} and cov{name} {tuple(cov.shape)} '
+                         'must have shapes (F,) and (F, F)')
     check_finite(f'mu{name}', mu); check_finite(f'cov{name}', cov)
     if float((cov - cov.T).abs().max()) > 1e-8*max(float(cov.abs().max()), 1e-300):
         raise ValueError(f'cov{name} is not symmetric: pass a covariance matrix')

@@ -157,7 +157,8 @@ class Objective(nn.Module):
 def _check_inputs(model, loss:VDMLoss, data)->Tensor:
     "Model and loss checked against each other, and the training tensor validated once against the loss (values too)"
     if not isinstance(model, nn.Module): raise TypeError(f'model must be an nn.Module, got {type(model).__name__}')
-    if not isinstance(loss, VDMLoss): raise TypeError(f'loss must be a vdm_nb.losses.VDMLoss, got {type(loss).__name__}')
+    if not isinstance(loss, VDMLoss):
+        raise TypeError(f'loss must be a vdm_nb.losses.VDMLoss, got {type(loss).__name__}')
     if getattr(model, 'pred', 'eps') != loss.pred:
         raise ValueError(f"model.pred={getattr(model, 'pred', 'eps')!r} but loss.pred={loss.pred!r}: "
                          f"build the loss with pred={getattr(model, 'pred', 'eps')!r}")
@@ -411,7 +412,8 @@ def _pull(self:Learner)->None:
 def _divergence_help(self:Learner)->str:
     "Where to go on from a diverged run"
     where = 'No checkpoint was written: start again'
-    if self.saved_path: where = f'The last good checkpoint is {self.saved_path} (step {self.saved_step}): resume from it'
+    if self.saved_path:
+        where = f'The last good checkpoint is {self.saved_path} (step {self.saved_step}): resume from it'
     clip = '' if self.grad_clip else ', with grad_clip on'
     return f'{where} with a lower lr (now {self.lr:g}){clip}, or check the data and the model.'
 
@@ -546,7 +548,8 @@ def eval_loss(self:Learner,
                                        self.loss_func.vocab_size is not None, acc.device, self.dtype, stream='eval')
             r = torch.tensor_split(torch.arange(len(xb)), acc.num_processes)[acc.process_index]
             yb = None if labels is None else labels[start:start + E].to(acc.device)[r.to(acc.device)]
-            if len(r): out.append(objective(xb[r], t[r], eps[r], None if eps_0 is None else eps_0[r], yb)['total'].double())
+            if len(r):
+                out.append(objective(xb[r], t[r], eps[r], None if eps_0 is None else eps_0[r], yb)['total'].double())
     total = torch.cat(dist.gather_objects(torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64), acc))
     loss = total.mean().item()
     return {'loss': loss, 'bpd': bits_per_dim(loss, self.n_dims), 'n': len(total)}

@@ -21,7 +21,8 @@ def _check_logsnr_range(logsnr_range)->tuple[float,float]:
     "Validate a pair (lambda_min, lambda_max) and return it as two floats"
     try: lo, hi = logsnr_range
     except (TypeError, ValueError):
-        raise ValueError(f'logsnr_range={logsnr_range!r} must be a pair (logsnr_min, logsnr_max), e.g. (-5.0, 13.3)') from None
+        raise ValueError(f'logsnr_range={logsnr_range!r} must be a pair (logsnr_min, logsnr_max), '
+                         'e.g. (-5.0, 13.3)') from None
     return check_logsnr_range(lo, hi)
 
 def _full_precision(x:Tensor)->Tensor:
@@ -37,7 +38,8 @@ def _batch_logsnr(logsnr, z:Tensor)->Tensor:
     logsnr = torch.as_tensor(logsnr, device=z.device)
     B = z.shape[0]
     if logsnr.ndim > 1 or (logsnr.ndim == 1 and logsnr.shape[0] not in (1, B)):
-        raise ValueError(f'logsnr has shape {tuple(logsnr.shape)}: pass a scalar or one value per example, shape ({B},)')
+        raise ValueError(f'logsnr has shape {tuple(logsnr.shape)}: pass a scalar or one value per example, '
+                         f'shape ({B},)')
     return logsnr.to(z.dtype).reshape(-1).expand(B)
 
 def logsnr_embedding(logsnr:Tensor, # lambda, shape (B,)

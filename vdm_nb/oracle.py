@@ -98,7 +98,8 @@ class GaussianOracle(_Oracle):
                                                             f"vector of shape (D,)")
         if not bool(torch.isfinite(mu).all()): raise ValueError("mu has NaN or infinite values")
         try: s_ = float(s)
-        except (TypeError, ValueError, RuntimeError): raise ValueError(f"s={s!r} must be one finite float > 0") from None
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"s={s!r} must be one finite float > 0") from None
         if not (math.isfinite(s_) and s_ > 0): raise ValueError(f"s={s!r} must be a finite float > 0")
         self.mu, self.s, self.process, self.dim = mu, s_, process, mu.numel()
 
@@ -211,7 +212,9 @@ def vlb(self:GaussianOracle, schedule, # a vdm_nb.schedules object: logsnr_min, 
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0: raise ValueError(f"n_steps must be an "
             f"int >= 0, got {n_steps!r}")
     lo, hi = float(schedule.logsnr_min), float(schedule.logsnr_max)
-    if n_steps: diff = self.discrete_diffusion_loss(schedule.logsnr(torch.arange(n_steps + 1, dtype=torch.float64)/n_steps).detach(), x)
+    if n_steps:
+        diff = self.discrete_diffusion_loss(
+            schedule.logsnr(torch.arange(n_steps + 1, dtype=torch.float64)/n_steps).detach(), x)
     else: diff = self.diffusion_loss(lo, hi, x)
     out = dict(prior=self.prior_loss(lo, x), diffusion=diff, recon=self.recon_loss(hi, x))
     out['total'] = out['prior'] + out['diffusion'] + out['recon']
@@ -263,7 +266,8 @@ class MixtureOracle(_Oracle):
         if not bool(torch.isfinite(m).all()): raise ValueError("means has NaN or infinite values")
         if not bool(((s > 0) & torch.isfinite(s)).all()): raise ValueError(f"stds must be finite and > 0, "
                 f"got {s.tolist()}")
-        if not bool((w > 0).all()): raise ValueError(f"weights must be > 0, got {w.tolist()}: drop the empty components")
+        if not bool((w > 0).all()):
+            raise ValueError(f"weights must be > 0, got {w.tolist()}: drop the empty components")
         if abs(float(w.sum()) - 1) > 1e-6: raise ValueError(f"weights sum to {float(w.sum())}, not 1: divide "
                                                             f"them by their sum")
         self.means, self.stds, self.weights, self.process = m, s, w/w.sum(), process
@@ -296,7 +300,8 @@ class MixtureOracle(_Oracle):
         "Posterior probabilities of the components given the latent"
         z = self._data(z, 'z'); l = self._logsnr(logsnr, z)
         la, ls = log_alpha_sigma(l, self.process)
-        return torch.softmax(self._components(z, la.exp(), torch.logaddexp(2*la + 2*self.stds.to(z).log(), 2*ls))[0], -1)
+        return torch.softmax(self._components(z, la.exp(),
+                                              torch.logaddexp(2*la + 2*self.stds.to(z).log(), 2*ls))[0], -1)
 
     def log_prob(self, x:Tensor, # data, shape (B, D)
                 )->Tensor: # log q(x), shape (B,)
@@ -312,7 +317,8 @@ class MixtureOracle(_Oracle):
         "Draw data: a component k ~ pi, then x ~ N(m_k, s_k^2 I)"
         _check_n(n)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        return (self.means[k] + self.stds[k, None]*torch.randn(n, self.dim, generator=generator, dtype=torch.float64)).to(dtype)
+        return (self.means[k]
+                + self.stds[k, None]*torch.randn(n, self.dim, generator=generator, dtype=torch.float64)).to(dtype)
 
 # %% ../nbs/05_oracle.ipynb #d6e1b9f7
 @patch

@@ -130,7 +130,8 @@ def _finish(x, vocab_size, traj, return_trajectory):
                          "(or sample in float64)")
     if vocab_size is not None: x = decode(x, vocab_size)
     if not return_trajectory: return x
-    return x, dict(logsnr=torch.tensor(traj[0], dtype=torch.float64), z=torch.stack(traj[1]), x_hat=torch.stack(traj[2]))
+    return x, dict(logsnr=torch.tensor(traj[0], dtype=torch.float64), z=torch.stack(traj[1]),
+                   x_hat=torch.stack(traj[2]))
 
 # %% ../nbs/08_sampling.ipynb #5eaedb4c
 def _n_classes(net)->int:

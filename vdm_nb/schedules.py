@@ -350,7 +350,8 @@ class PiecewiseLinearSchedule(Schedule):
     def logsnr_max(self):
         "lambda(0), the first knot"
         return self.logsnr_knots[0].item()
-    def extra_repr(self): return f"n_knots={len(self.t_knots)}, logsnr_min={self.logsnr_min:.6g}, logsnr_max={self.logsnr_max:.6g}"
+    def extra_repr(self):
+        return f"n_knots={len(self.t_knots)}, logsnr_min={self.logsnr_min:.6g}, logsnr_max={self.logsnr_max:.6g}"
     @staticmethod
     def _segment(x, xk):
         "Index k of the segment [xk[k], xk[k+1]) that holds x (the last segment is closed)"
@@ -447,7 +448,8 @@ class LearnedLinearSchedule(Schedule):
         "lambda(1) = -(b + w)"
         return -(self.b[0] + self.min_gap + F.softplus(self.w_raw[0]))
     def extra_repr(self):
-        return f"logsnr_min={self.logsnr_min.detach().item():.6g}, logsnr_max={self.logsnr_max.detach().item():.6g}, learn_endpoints={self.learn_endpoints}"
+        return (f"logsnr_min={self.logsnr_min.detach().item():.6g}, logsnr_max={self.logsnr_max.detach().item():.6g}, "
+                f"learn_endpoints={self.learn_endpoints}")
     def _bw(self, x): return self.b[0].to(x.dtype), (self.min_gap + F.softplus(self.w_raw[0])).to(x.dtype)
     def _logsnr(self, t):
         b, w = self._bw(t); return -(b + w * t)
@@ -533,7 +535,8 @@ class AdaptiveSchedule(PiecewiseLinearSchedule):
         self.register_buffer('ema', torch.ones(n_bins, dtype=torch.float64))
         self.n_bins, self.decay, self.floor = n_bins, decay, floor
     def extra_repr(self):
-        return f"logsnr_min={self.logsnr_min:g}, logsnr_max={self.logsnr_max:g}, n_bins={self.n_bins}, decay={self.decay:g}, floor={self.floor:g}"
+        return (f"logsnr_min={self.logsnr_min:g}, logsnr_max={self.logsnr_max:g}, n_bins={self.n_bins}, "
+                f"decay={self.decay:g}, floor={self.floor:g}")
 
     def probs(self)->Tensor: # (n_bins,) bin probabilities, lowest lambda first
         "Probability of each bin: EMA plus floor, normalised (uniform while every EMA is 0)"

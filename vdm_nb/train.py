@@ -218,7 +218,8 @@ def _start(preset:str, cfg:TrainConfig, out:Path, resume:bool):
         raise FileExistsError(f'{out} already holds a run ({ckpts[0].name}): pass resume=True (--resume) to continue '
                               'it, or choose another out_dir')
     if resume and not ckpts:
-        raise FileNotFoundError(f'nothing to resume in {out}: it has no latest.pt or previous.pt (train without resume)')
+        raise FileNotFoundError(f'nothing to resume in {out}: it has no latest.pt or previous.pt '
+                                '(train without resume)')
     tr = get_data(cfg.data, 'train', cfg.data_root, cfg.data_seed)
     te = get_data(cfg.data, 'test', cfg.data_root, cfg.data_seed)
     _check_classes(cfg, tr)

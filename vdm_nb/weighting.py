@@ -53,7 +53,8 @@ class Weighting:
     def __call__(self, logsnr:Tensor, # lambda (a float or list is converted to a tensor)
                 )->Tensor: # w(lambda)
         "Same as `w`"
-        return self.w(logsnr if isinstance(logsnr, Tensor) else torch.as_tensor(logsnr, dtype=torch.get_default_dtype()))
+        return self.w(logsnr if isinstance(logsnr, Tensor)
+                      else torch.as_tensor(logsnr, dtype=torch.get_default_dtype()))
 
     def grid_is_monotonic(self, logsnr_min:float, # lower end of the lambda range
                           logsnr_max:float, # upper end of the lambda range
@@ -62,7 +63,8 @@ class Weighting:
         "Dense float64 grid check that w does not increase with lambda on the range"
         lo, hi = _check_range(logsnr_min, logsnr_max)
         w = self.w(torch.linspace(lo, hi, n, dtype=torch.float64))
-        if not torch.isfinite(w).all(): raise ValueError(f"{self!r} is not finite on [{lo}, {hi}]; use a narrower range")
+        if not torch.isfinite(w).all():
+            raise ValueError(f"{self!r} is not finite on [{lo}, {hi}]; use a narrower range")
         return bool((w.diff() <= 1e-12*w.abs().max()).all())
 
     def is_monotonic(self, logsnr_min:float, # lower end of the lambda range
@@ -245,7 +247,8 @@ class ImpliedWeighting(_EpsFactorWeighting):
         return self.c(logsnr)
 
     def __repr__(self):
-        return f"ImpliedWeighting(loss_factor={getattr(self.c, '__name__', self.c)!r}, pred={self.pred!r}, schedule={self.schedule!r})"
+        return (f"ImpliedWeighting(loss_factor={getattr(self.c, '__name__', self.c)!r}, pred={self.pred!r}, "
+                f"schedule={self.schedule!r})")
 
 # %% ../nbs/03_weighting.ipynb #db036d38
 def _log_den(logsnr, pred):

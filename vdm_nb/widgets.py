@@ -156,7 +156,7 @@ def schedule_explorer(names:Sequence=('linear', 'cosine', 'shifted-cosine', 'edm
                       shift:float=-math.log(4), # initial shift of shifted-cosine, slider on [-3, 3]
                       rho:float=7., # initial rho of edm-sampling, slider on [1, 15]
                       process:str='vp', # initial process
-                     # controls 'names', 'shift', 'rho', 'logsnr_min', 'logsnr_max', 'process' above the figure of `plot_schedules`
+                     # controls 'names', 'shift', 'rho', 'logsnr_min', 'logsnr_max', 'process' above `plot_schedules`
                      )->Explorer:
     "Widget: choose schedules, shift, rho and endpoints; shows plot_schedules' four panels"
     names = (names,) if isinstance(names, str) else tuple(names)
@@ -229,7 +229,7 @@ def plot_weightings(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'edm-mono
                     sigmoid_bias:float=2., # b of 'sigmoid'
                     min_snr_gamma:float=5., # gamma of 'min-snr' and 'soft-min-snr'
                     n:int=1201, # grid points on [lambda_min, lambda_max]
-                   # panel 0: w/max w, labels 'name: monotone' or 'name: not monotone'; panel 1: p_w = -d(w/max w)/dlambda, then a zero line
+                   # panel 0: w/max w, labels 'name: (not) monotone'; panel 1: p_w = -d(w/max w)/dlambda, and zero line
                    )->Figure:
     "Draw each objective's w(lambda), normalised to peak 1, its monotonicity, and the theorem's p_w(lambda) = -dw/dlambda"
     if isinstance(n, bool) or not isinstance(n, int) or n < 3: raise ValueError(f"n={n!r} must be an int >= 3")
@@ -262,7 +262,7 @@ def weighting_explorer(names:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'sigmo
                        logsnr_max:float=10., # initial lambda(0), slider on [0, 20]
                        sigmoid_bias:float=2., # initial b of 'sigmoid', slider on [-5, 5]
                        min_snr_gamma:float=5., # initial gamma of Min-SNR, slider on [0.5, 20]
-                      # controls 'names', 'schedule', 'logsnr_min', 'logsnr_max', 'sigmoid_bias', 'min_snr_gamma', 'shift', 'rho' above `plot_weightings`
+                      # controls names, schedule, logsnr_min/max, sigmoid_bias, min_snr_gamma, shift, rho; plot below
                       )->Explorer:
     "Widget: choose objectives and a schedule; shows the implied w(lambda), monotonicity and p_w(lambda)"
     names = (names,) if isinstance(names, str) else tuple(names)
@@ -383,7 +383,7 @@ def _crossing(grid:Tensor, cum:Tensor, level:float)->float:
 
 # from OBJECTIVES, or Weighting objects
 def plot_loss_contributions(weightings:Sequence=('elbo', 'eps-mse', 'v-mse', 'edm', 'sigmoid'),
-                            # training schedule (name or object): sets the implied w of MSE-type objectives and the range
+                            # training schedule (name or object): sets MSE-type objectives' implied w, and the range
                             schedule:str|Schedule='cosine',
                             data_scale:float=0.5, # s of the reference Gaussian data
                             logsnr_min:float=-10., # lambda(1) of a named schedule
@@ -393,7 +393,7 @@ def plot_loss_contributions(weightings:Sequence=('elbo', 'eps-mse', 'v-mse', 'ed
                             sigmoid_bias:float=2., # b of 'sigmoid'
                             min_snr_gamma:float=5., # gamma of Min-SNR
                             n:int=2001, # grid points
-                           # panel 0: c_w(lambda) per weighting; panel 1: cumulative share from lambda_min, then a line at 1/2
+                           # panel 0: c_w(lambda) per weighting; panel 1: cumulative share from lambda_min, line at 1/2
                            )->Figure:
     "Draw how much of each objective's loss each noise level carries, for the exact denoiser of Gaussian data"
     if isinstance(n, bool) or not isinstance(n, int) or n < 3: raise ValueError(f"n={n!r} must be an int >= 3")
@@ -423,7 +423,7 @@ def loss_contribution_explorer(weightings:Sequence=('elbo', 'eps-mse', 'v-mse', 
                                data_scale:float=0.5, # initial s, log slider on [0.01, 10]
                                logsnr_min:float=-10., # initial lambda(1), slider on [-20, 0]
                                logsnr_max:float=10., # initial lambda(0), slider on [0, 20]
-                              # controls 'weightings', 'schedule', 'data_scale', 'logsnr_min', 'logsnr_max' above `plot_loss_contributions`
+                              # controls weightings, schedule, data_scale, logsnr_min/max; plot below
                               )->Explorer:
     "Widget: choose weightings, schedule and data scale; shows the share of the loss per noise level"
     weightings = (weightings,) if isinstance(weightings, str) else tuple(weightings)
