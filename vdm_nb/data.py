@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip, math, numbers, os, struct, sys, zlib
 from pathlib import Path
 import torch
+from fastcore.basics import patch
 from torch import Tensor
 from .core import check_choice, check_int
 from .oracle import GaussianOracle, MixtureOracle
@@ -68,19 +69,23 @@ class DataSplit:
         if self.y is None: return 0
         return len(self.classes) if self.classes else int(self.y.max()) + 1 if len(self.y) else 0
 
-    def subset(self, idx:Tensor|slice, # indices, a boolean mask or a slice of the examples
-              )->DataSplit: # the chosen examples, with the same vocabulary, names and classes
-        "The examples `idx` as a new DataSplit"
-        return DataSplit(self.x[idx], None if self.y is None else self.y[idx], self.vocab_size, self.name, self.split,
-                         self.classes)
+# %% ../nbs/07_data.ipynb #05755158
+@patch
+def subset(self:DataSplit, idx:Tensor|slice, # indices, a boolean mask or a slice of the examples
+          )->DataSplit: # the chosen examples, with the same vocabulary, names and classes
+    "The examples `idx` as a new DataSplit"
+    return DataSplit(self.x[idx], None if self.y is None else self.y[idx], self.vocab_size, self.name, self.split,
+                     self.classes)
 
-    def __len__(self): return self.x.shape[0]
+@patch
+def __len__(self:DataSplit): return self.x.shape[0]
 
-    def __repr__(self):
-        what = f"V={self.vocab_size}" if self.vocab_size else "continuous"
-        lab = "no labels" if self.y is None else f"labels{f' ({len(self.classes)} classes)' if self.classes else ''}"
-        return (f"DataSplit({self.name}/{self.split}: x {tuple(self.x.shape)} "
-                f"{str(self.x.dtype).replace('torch.', '')}, {what}, {lab})")
+@patch
+def __repr__(self:DataSplit):
+    what = f"V={self.vocab_size}" if self.vocab_size else "continuous"
+    lab = "no labels" if self.y is None else f"labels{f' ({len(self.classes)} classes)' if self.classes else ''}"
+    return (f"DataSplit({self.name}/{self.split}: x {tuple(self.x.shape)} "
+            f"{str(self.x.dtype).replace('torch.', '')}, {what}, {lab})")
 
 # %% ../nbs/07_data.ipynb #0341a519
 def split_indices(n:int, # N, the number of examples

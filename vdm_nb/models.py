@@ -6,6 +6,7 @@
 from __future__ import annotations
 import contextlib, inspect, math
 import torch
+from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -213,25 +214,27 @@ class ScoreUNet(nn.Module):
                                   f'logsnr_range={self.logsnr_range}'
                                   + f', n_classes={self.n_classes}'*bool(self.n_classes))
 
-    def forward(self, z:Tensor, # latent (B, in_channels, H, W), any H and W
-                logsnr:Tensor|float, # lambda, shape (B,), or a scalar for the whole batch
-                label:Tensor|int|None=None, # class labels (B,) int64 in 0..K (K: null); None: the null class
-               )->Tensor: # prediction of kind `self.pred`, shape of z
-        "Predict eps (or x, v, F) from the latent and its log-SNR"
-        if not torch.is_tensor(z) or z.ndim != 4 or z.shape[1] != self.in_channels:
-            got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
-            raise ValueError(f'z has shape {got}: pass a batch of images (B, {self.in_channels}, H, W)')
-        with _no_autocast(z):                                   # embedding and Fourier features in float32 (or 64)
-            zf = _full_precision(z)
-            e = logsnr_embedding(_full_precision(_batch_logsnr(logsnr, zf)), self.channels, self.logsnr_range)
-            e = _add_class(self, e, label)                        # + the class vector, before the MLP
-            h = zf if self.fourier_range is None else torch.cat([zf, fourier_features(zf, self.fourier_range)], 1)
-        emb = self.embed(e)                                       # the network itself may run under autocast
-        hs = [self.conv_in(h)]
-        for blk in self.down: hs.append(blk(hs[-1], emb))
-        h = self.mid2(self.attn(self.mid1(hs[-1], emb)), emb)
-        for blk in self.up: h = blk(torch.cat([h, hs.pop()], 1), emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+# %% ../nbs/06_models.ipynb #f23b0e28
+@patch
+def forward(self:ScoreUNet, z:Tensor, # latent (B, in_channels, H, W), any H and W
+            logsnr:Tensor|float, # lambda, shape (B,), or a scalar for the whole batch
+            label:Tensor|int|None=None, # class labels (B,) int64 in 0..K (K: null); None: the null class
+           )->Tensor: # prediction of kind `self.pred`, shape of z
+    "Predict eps (or x, v, F) from the latent and its log-SNR"
+    if not torch.is_tensor(z) or z.ndim != 4 or z.shape[1] != self.in_channels:
+        got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
+        raise ValueError(f'z has shape {got}: pass a batch of images (B, {self.in_channels}, H, W)')
+    with _no_autocast(z):                                   # embedding and Fourier features in float32 (or 64)
+        zf = _full_precision(z)
+        e = logsnr_embedding(_full_precision(_batch_logsnr(logsnr, zf)), self.channels, self.logsnr_range)
+        e = _add_class(self, e, label)                        # + the class vector, before the MLP
+        h = zf if self.fourier_range is None else torch.cat([zf, fourier_features(zf, self.fourier_range)], 1)
+    emb = self.embed(e)                                       # the network itself may run under autocast
+    hs = [self.conv_in(h)]
+    for blk in self.down: hs.append(blk(hs[-1], emb))
+    h = self.mid2(self.attn(self.mid1(hs[-1], emb)), emb)
+    for blk in self.up: h = blk(torch.cat([h, hs.pop()], 1), emb)
+    return self.conv_out(F.silu(self.norm_out(h)))
 
 # %% ../nbs/06_models.ipynb #ffedae62
 UNET_PRESETS = {
@@ -261,7 +264,7 @@ def n_params(model:nn.Module, # any network
     "Count a network's parameters"
     return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/06_models.ipynb #564b568a
+# %% ../nbs/06_models.ipynb #9302c822
 class MLPBlock(nn.Module):
     "Residual MLP block: x + Linear(SiLU(Linear(SiLU(LayerNorm(x))) + W emb))"
     def __init__(self, hidden:int, # width
@@ -277,6 +280,7 @@ class MLPBlock(nn.Module):
         "One residual update"
         return x + self.lin2(F.silu(self.lin1(F.silu(self.norm(x))) + self.cond(emb)))
 
+# %% ../nbs/06_models.ipynb #f7d998c8
 class MLPDenoiser(nn.Module):
     "A residual MLP for vector data (B, D), conditioned on log-SNR like ScoreUNet; its output starts at zero"
     def __init__(self, dim:int=2, # D, the data dimension

@@ -294,31 +294,35 @@ class MixtureOracle(_Oracle):
         eps_hat = (r*torch.exp(ls - log_c)[..., None]*d).sum(1)
         return x_hat, eps_hat, torch.logsumexp(logp, -1)
 
-    def responsibilities(self, z:Tensor, # latents z_lambda, shape (B, D)
-                         logsnr:Tensor|float, # lambda, a scalar or shape (B,)
-                        )->Tensor: # q(k | z_lambda), shape (B, K); rows sum to 1
-        "Posterior probabilities of the components given the latent"
-        z = self._data(z, 'z'); l = self._logsnr(logsnr, z)
-        la, ls = log_alpha_sigma(l, self.process)
-        return torch.softmax(self._components(z, la.exp(),
-                                              torch.logaddexp(2*la + 2*self.stds.to(z).log(), 2*ls))[0], -1)
+# %% ../nbs/05_oracle.ipynb #74556010
+@patch
+def responsibilities(self:MixtureOracle, z:Tensor, # latents z_lambda, shape (B, D)
+                     logsnr:Tensor|float, # lambda, a scalar or shape (B,)
+                    )->Tensor: # q(k | z_lambda), shape (B, K); rows sum to 1
+    "Posterior probabilities of the components given the latent"
+    z = self._data(z, 'z'); l = self._logsnr(logsnr, z)
+    la, ls = log_alpha_sigma(l, self.process)
+    return torch.softmax(self._components(z, la.exp(),
+                                          torch.logaddexp(2*la + 2*self.stds.to(z).log(), 2*ls))[0], -1)
 
-    def log_prob(self, x:Tensor, # data, shape (B, D)
-                )->Tensor: # log q(x), shape (B,)
-        "Exact log-density of the data (log-sum-exp over the components)"
-        x = self._data(x)
-        return torch.logsumexp(self._components(x, torch.ones(1, 1, dtype=x.dtype, device=x.device),
-                                                2*self.stds.to(x).log())[0], -1)
+@patch
+def log_prob(self:MixtureOracle, x:Tensor, # data, shape (B, D)
+            )->Tensor: # log q(x), shape (B,)
+    "Exact log-density of the data (log-sum-exp over the components)"
+    x = self._data(x)
+    return torch.logsumexp(self._components(x, torch.ones(1, 1, dtype=x.dtype, device=x.device),
+                                            2*self.stds.to(x).log())[0], -1)
 
-    def sample(self, n:int, # number of examples
-               generator:torch.Generator|None=None, # random generator
-               dtype:torch.dtype=torch.float64, # dtype of the result
-              )->Tensor: # x ~ the mixture, shape (n, D)
-        "Draw data: a component k ~ pi, then x ~ N(m_k, s_k^2 I)"
-        _check_n(n)
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        return (self.means[k]
-                + self.stds[k, None]*torch.randn(n, self.dim, generator=generator, dtype=torch.float64)).to(dtype)
+@patch
+def sample(self:MixtureOracle, n:int, # number of examples
+           generator:torch.Generator|None=None, # random generator
+           dtype:torch.dtype=torch.float64, # dtype of the result
+          )->Tensor: # x ~ the mixture, shape (n, D)
+    "Draw data: a component k ~ pi, then x ~ N(m_k, s_k^2 I)"
+    _check_n(n)
+    k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+    return (self.means[k]
+            + self.stds[k, None]*torch.randn(n, self.dim, generator=generator, dtype=torch.float64)).to(dtype)
 
 # %% ../nbs/05_oracle.ipynb #d6e1b9f7
 @patch

@@ -299,6 +299,15 @@ def ddim_sample(model, # network model(z, logsnr) -> output of kind `pred`
                     dtype=dtype)
     return _finish(x_hat, vocab_size, traj, return_trajectory)
 
+# %% ../nbs/08_sampling.ipynb #9353a832
+def _check_churn(s_churn, s_tmin, s_tmax, s_noise)->None:
+    "EDM's stochastic-churn settings: numbers with s_churn >= 0, s_noise > 0 and 0 <= s_tmin <= s_tmax"
+    for name, v in (('s_churn', s_churn), ('s_tmin', s_tmin), ('s_tmax', s_tmax), ('s_noise', s_noise)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)): raise TypeError(f"{name}={v!r} must be a number")
+    if not (s_churn >= 0 and s_noise > 0 and 0 <= s_tmin <= s_tmax):
+        raise ValueError(f"need s_churn >= 0, s_noise > 0 and 0 <= s_tmin <= s_tmax, got s_churn={s_churn}, "
+                         f"s_noise={s_noise}, s_tmin={s_tmin}, s_tmax={s_tmax}")
+
 # %% ../nbs/08_sampling.ipynb #b52048cc
 def heun_sample(model, # network model(z, logsnr) -> output of kind `pred`
                 shape:tuple, # (B, ...) shape of the samples, batch first
@@ -327,11 +336,7 @@ def heun_sample(model, # network model(z, logsnr) -> output of kind `pred`
     "EDM's Heun sampler (Karras et al. 2022, Alg. 1-2) of the PF-ODE dx/dsigma = (x - D(x; sigma))/sigma in VE coordinates"
     schedule = EDMSamplingSchedule(0.002, 80., 7.) if schedule is None else schedule
     shape, pred = _check_common(model, shape, n_steps, schedule, pred, process, sigma_data, vocab_size, clip_x, dtype)
-    for name, v in (('s_churn', s_churn), ('s_tmin', s_tmin), ('s_tmax', s_tmax), ('s_noise', s_noise)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)): raise TypeError(f"{name}={v!r} must be a number")
-    if not (s_churn >= 0 and s_noise > 0 and 0 <= s_tmin <= s_tmax):
-        raise ValueError(f"need s_churn >= 0, s_noise > 0 and 0 <= s_tmin <= s_tmax, got s_churn={s_churn}, "
-                         f"s_noise={s_noise}, s_tmin={s_tmin}, s_tmax={s_tmax}")
+    _check_churn(s_churn, s_tmin, s_tmax, s_noise)
     model = guide(model, label, guidance, guidance_interval, shape[0])
     device = _device(model, device)
     lam = _grid(schedule, n_steps - 1, _discrete_steps(schedule)).flip(0).tolist()   # sigma_max first

@@ -368,7 +368,7 @@ def load_run(run_dir, # the folder of a vdm_nb_train run
     loss.load_state_dict(ck['loss']); loss.eval()
     return dict(net=net, loss=loss, config=cfg, preset=preset, step=ck['step'], path=path, data_shape=tuple(shape[1:]))
 
-# %% ../nbs/11_train.ipynb #043c31f5
+# %% ../nbs/11_train.ipynb #80eefb89
 def _parse_set(items:list)->dict:
     "FIELD=VALUE strings as a dict; values are Python literals (numbers, tuples, None, True) or plain strings"
     out = {}
@@ -412,6 +412,7 @@ def _os_error(err:OSError)->str:
     where = f': {err.filename}' if err.filename else ''
     return f'{err.strerror or err}{where}' + (f' ({fix[err.errno]})' if err.errno in fix else '')
 
+# %% ../nbs/11_train.ipynb #b1bce307
 def main(argv:list|None=None, # command-line arguments without the program name; None: sys.argv[1:]
         )->int: # exit status: 0 done, 2 bad input or a refusal, 130 interrupted (one line on stderr)
     "The `vdm_nb_train` command: parse the arguments, call `train`, turn every refusal into one line and exit status 2"
